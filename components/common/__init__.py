@@ -1,0 +1,1 @@
+"""Code shared by every step: errors, logging, storage, dataset configuration, KFP executor I/O."""

@@ -1,0 +1,203 @@
+"""The dataset configuration: which source columns feed which role (label, id, features).
+
+A user swaps in their own data by editing this YAML, not code. Every step reads it through
+`load_dataset_config` so the checks below run once, early, with messages that name the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.common.errors import StepError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "cfpb"
+ROLES = ("categorical", "bucketized", "text", "numeric")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    feature: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ValidationThresholds:
+    skew_linf: float = 0.1
+    drift_linf: float = 0.1
+    drift_js: float = 0.1
+    label_linf: float = 0.1
+    no_distribution_checks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    source: str
+    columns: dict[str, tuple[str, ...]]
+    label: LabelSpec
+    id_feature: str
+    features: dict[str, tuple[str, ...]]
+    delimiter: str = ","
+    max_field_bytes: int = 1 << 20
+    eval_fraction: float = 0.1
+    split_salt: str = ""
+    validation: ValidationThresholds = field(default_factory=ValidationThresholds)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model input features, in role order."""
+        return [name for role in ROLES for name in self.features.get(role, ())]
+
+    def role_of(self, feature: str) -> str | None:
+        for role in ROLES:
+            if feature in self.features.get(role, ()):
+                return role
+        return None
+
+    def fingerprint(self) -> str:
+        """A hash of the configuration's content, for lineage (not of the file's bytes)."""
+        canonical = json.dumps(self.raw, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _as_tuple(value, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return tuple(str(v) for v in value)
+    raise StepError(f"{where}: expected a string or a list of strings, got {value!r}")
+
+
+def resolve_config_path(ref: str | None) -> str:
+    """A built-in config name (`cfpb`), a local path, or an s3:// URI."""
+    ref = ref or DEFAULT_CONFIG
+    builtin = CONFIG_DIR / f"{ref}.yaml"
+    if "/" not in ref and not ref.endswith((".yaml", ".yml")) and builtin.exists():
+        return str(builtin)
+    return ref
+
+
+def load_dataset_config(ref: str | None = None) -> DatasetConfig:
+    import yaml
+
+    from components.common import storage
+
+    path = resolve_config_path(ref)
+    if not storage.is_s3(path) and not os.path.exists(path):
+        builtins = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise StepError(f"{path}: dataset config not found (built-in configs: {builtins})")
+    try:
+        raw = yaml.safe_load(storage.read_bytes(path))
+    except yaml.YAMLError as exc:
+        raise StepError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    return parse_dataset_config(raw, path)
+
+
+def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
+    if not isinstance(raw, dict):
+        raise StepError(f"{source}: the dataset config must be a YAML mapping")
+
+    def need(mapping: dict, key: str, where: str):
+        if key not in mapping or mapping[key] in (None, ""):
+            raise StepError(f"{source}: missing required key {where}{key}")
+        return mapping[key]
+
+    columns_raw = need(raw, "columns", "")
+    if not isinstance(columns_raw, dict) or not columns_raw:
+        raise StepError(f"{source}: columns: expected a mapping of feature name -> header(s)")
+    columns = {str(k): _as_tuple(v, f"{source}: columns.{k}") for k, v in columns_raw.items()}
+    for name, headers in columns.items():
+        if not headers:
+            raise StepError(f"{source}: columns.{name}: give at least one source header")
+
+    label_raw = need(raw, "label", "")
+    if not isinstance(label_raw, dict):
+        raise StepError(f"{source}: label: expected a mapping with feature/positive/negative")
+    label = LabelSpec(
+        feature=str(need(label_raw, "feature", "label.")),
+        positive=_as_tuple(need(label_raw, "positive", "label."), f"{source}: label.positive"),
+        negative=_as_tuple(need(label_raw, "negative", "label."), f"{source}: label.negative"),
+    )
+    overlap = {v.strip().lower() for v in label.positive} & {
+        v.strip().lower() for v in label.negative
+    }
+    if overlap:
+        raise StepError(f"{source}: label: {sorted(overlap)} is both positive and negative")
+    id_feature = str(need(raw, "id_feature", ""))
+
+    features_raw = raw.get("features") or {}
+    if not isinstance(features_raw, dict):
+        raise StepError(f"{source}: features: expected a mapping of role -> feature names")
+    unknown_roles = set(features_raw) - set(ROLES)
+    if unknown_roles:
+        raise StepError(
+            f"{source}: features: unknown role(s) {sorted(unknown_roles)}; use {list(ROLES)}"
+        )
+    features = {
+        role: _as_tuple(features_raw.get(role), f"{source}: features.{role}") for role in ROLES
+    }
+    seen: dict[str, str] = {}
+    for role, names in features.items():
+        for name in names:
+            if name in seen:
+                raise StepError(
+                    f"{source}: feature {name!r} is listed under both {seen[name]} and {role}"
+                )
+            seen[name] = role
+    if not seen:
+        raise StepError(f"{source}: features: list at least one feature")
+    for name in [*seen, label.feature, id_feature]:
+        if name not in columns:
+            raise StepError(
+                f"{source}: feature {name!r} has no entry under columns (which source header?)"
+            )
+    if label.feature in seen:
+        raise StepError(f"{source}: the label {label.feature!r} cannot also be a feature")
+
+    csv_raw = raw.get("csv") or {}
+    delimiter = str(csv_raw.get("delimiter", ","))
+    if len(delimiter) != 1:
+        raise StepError(f"{source}: csv.delimiter must be one character, got {delimiter!r}")
+    split_raw = raw.get("split") or {}
+    eval_fraction = float(split_raw.get("eval_fraction", 0.1))
+    validation_raw = dict(raw.get("validation") or {})
+    no_checks = _as_tuple(
+        validation_raw.pop("no_distribution_checks", None),
+        f"{source}: validation.no_distribution_checks",
+    )
+    known = set(ValidationThresholds.__dataclass_fields__) - {"no_distribution_checks"}
+    unknown = set(validation_raw) - known
+    if unknown:
+        raise StepError(f"{source}: validation: unknown key(s) {sorted(unknown)}")
+    thresholds = ValidationThresholds(
+        **{k: float(v) for k, v in validation_raw.items()}, no_distribution_checks=no_checks
+    )
+    return DatasetConfig(
+        name=str(raw.get("name") or "dataset"),
+        source=source,
+        columns=columns,
+        label=label,
+        id_feature=id_feature,
+        features=features,
+        delimiter=delimiter,
+        max_field_bytes=int(csv_raw.get("max_field_bytes", 1 << 20)),
+        eval_fraction=check_eval_fraction(eval_fraction, f"{source}: split.eval_fraction"),
+        split_salt=str(split_raw.get("salt") or ""),
+        validation=thresholds,
+        raw=raw,
+    )
+
+
+def check_eval_fraction(value: float, where: str = "eval fraction") -> float:
+    if not 0.0 < value < 1.0:
+        raise StepError(f"{where} must be between 0 and 1 (exclusive), got {value}")
+    return value

@@ -1,0 +1,191 @@
+"""Reads and writes `s3://bucket/key` (MinIO, through the minio client) and local paths.
+
+Endpoint and credentials come from the environment (on Kubernetes, from a Secret), never from
+pipeline parameters: S3_ENDPOINT_URL (or AWS_ENDPOINT_URL, e.g. http://minio:9000),
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally AWS_REGION. Every single-object write
+is atomic: a reader sees the old object, or the whole new one, never a part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from components.common.errors import StepError
+
+S3_SCHEMES = ("s3://", "minio://")
+PART_SIZE = 16 * 1024 * 1024
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEMES)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts under a local directory or an S3 prefix."""
+    if is_s3(base):
+        tail = "/".join(p.strip("/") for p in parts if p)
+        return base.rstrip("/") + ("/" + tail if tail else "")
+    return os.path.join(base, *parts)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> (`bucket`, `some/key`)."""
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise StepError(f"{uri}: an S3 URI needs a bucket, like s3://bucket/key")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=4)
+def _client(endpoint_url: str, access_key: str | None, secret_key: str | None, region: str | None):
+    from minio import Minio
+
+    parsed = urlparse(endpoint_url if "://" in endpoint_url else f"http://{endpoint_url}")
+    return Minio(
+        parsed.netloc,
+        access_key=access_key,
+        secret_key=secret_key,
+        region=region,
+        secure=parsed.scheme == "https",
+    )
+
+
+def s3_client():
+    """The minio client for the endpoint the environment names."""
+    endpoint = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        raise StepError(
+            "S3 URI given but no endpoint: set S3_ENDPOINT_URL (e.g. http://minio:9000) "
+            "and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        )
+    return _client(
+        endpoint,
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        os.environ.get("AWS_REGION") or None,
+    )
+
+
+def _s3_error(uri: str, exc: Exception) -> StepError:
+    code = getattr(exc, "code", None) or type(exc).__name__
+    return StepError(f"{uri}: S3 error {code}: {getattr(exc, 'message', None) or exc}")
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return os.path.exists(uri)
+    from minio.error import S3Error
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().stat_object(bucket, key)
+        return True
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            return False
+        if exc.code == "NoSuchBucket":
+            return False
+        raise _s3_error(uri, exc) from exc
+
+
+@contextlib.contextmanager
+def open_read(uri: str) -> Iterator[BinaryIO]:
+    """A binary stream of the object or file; read it in chunks, it is never loaded whole."""
+    if not is_s3(uri):
+        try:
+            with open(uri, "rb") as handle:
+                yield handle
+        except FileNotFoundError as exc:
+            raise StepError(f"{uri}: file not found") from exc
+        except IsADirectoryError as exc:
+            raise StepError(f"{uri}: is a directory, expected a file") from exc
+        return
+    from minio.error import S3Error
+
+    bucket, key = split_s3(uri)
+    try:
+        response = s3_client().get_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            raise StepError(f"{uri}: object not found ({exc.code})") from exc
+        raise _s3_error(uri, exc) from exc
+    try:
+        yield response
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_read(uri) as handle:
+        return handle.read()
+
+
+def write_stream(uri: str, stream: BinaryIO) -> None:
+    """Copy a stream to `uri` atomically (temp file + rename locally; one S3 object remotely)."""
+    if is_s3(uri):
+        from minio.error import S3Error
+
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        try:
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+            client.put_object(bucket, key, stream, length=-1, part_size=PART_SIZE)
+        except S3Error as exc:
+            raise _s3_error(uri, exc) from exc
+        return
+    directory = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, PART_SIZE)
+        os.replace(tmp, uri)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    import io
+
+    write_stream(uri, io.BytesIO(data))
+
+
+def list_uris(prefix: str) -> list[str]:
+    """Every object (S3) or file (local, recursive) under a prefix, sorted."""
+    if is_s3(prefix):
+        from minio.error import S3Error
+
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        try:
+            client = s3_client()
+            if not client.bucket_exists(bucket):
+                return []
+            objects = client.list_objects(bucket, prefix=key, recursive=True)
+            return sorted(f"s3://{bucket}/{obj.object_name}" for obj in objects)
+        except S3Error as exc:
+            raise _s3_error(prefix, exc) from exc
+    found = []
+    for root, _dirs, files in os.walk(prefix):
+        found.extend(os.path.join(root, name) for name in files)
+    return sorted(found)
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().remove_object(bucket, key)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(uri)

@@ -1,0 +1,133 @@
+"""Streaming RFC 4180 reading of a CSV source, with errors that say file, row and column.
+
+Quoted fields may hold commas, quotes and newlines; the source may start with a UTF-8 BOM.
+Bytes are decoded one physical line at a time so an invalid byte is reported at its exact
+line and column, and the raw bytes pass through a hash on the way (the dataset version).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from components.common.errors import StepError
+
+BOM = "\ufeff"
+OTHER_DELIMITERS = (";", "\t", "|")
+
+
+class HashingReader:
+    """Wraps a binary stream: counts and hashes every byte read through it."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self.sha256 = hashlib.sha256()
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Reading by line from a buffered stream keeps memory bounded by the longest line.
+        pending = b""
+        while True:
+            chunk = self._stream.read(1 << 20)
+            if not chunk:
+                break
+            self.sha256.update(chunk)
+            self.bytes_read += len(chunk)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if pending:
+            yield pending
+
+
+class CsvRows:
+    """Iterates the data rows of a CSV as lists of strings, checking shape as it goes.
+
+    `row_number` is the 1-based data row (the header is row 0) and `line_number` the physical
+    line where the current row ends, for messages a person can find in an editor.
+    """
+
+    def __init__(self, stream: BinaryIO, name: str, delimiter: str = ",",
+                 max_field_bytes: int = 1 << 20):
+        self.name = name
+        self.delimiter = delimiter
+        self.source = HashingReader(stream)
+        self.line_number = 0
+        self.row_number = 0
+        csv.field_size_limit(max_field_bytes)
+        self.max_field_bytes = max_field_bytes
+        self._reader = csv.reader(self._decoded_lines(), delimiter=delimiter, strict=True)
+        self.header = self._read_header()
+
+    def _decoded_lines(self) -> Iterator[str]:
+        for raw in self.source:
+            self.line_number += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise StepError(
+                    f"{self.name}: line {self.line_number}, byte {exc.start + 1}: "
+                    f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r}); "
+                    "save the file as UTF-8"
+                ) from exc
+            if self.line_number == 1 and text.startswith(BOM):
+                text = text[1:]
+            yield text
+
+    def _next_record(self) -> list[str] | None:
+        start_line = self.line_number + 1
+        try:
+            return next(self._reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            message = str(exc)
+            if "field larger than field limit" in message:
+                raise StepError(
+                    f"{self.name}: row {self.row_number + 1} (from line {start_line}): a field "
+                    f"is longer than {self.max_field_bytes} bytes, most likely an unterminated "
+                    "quote"
+                ) from exc
+            if "unexpected end of data" in message:
+                raise StepError(
+                    f"{self.name}: row {self.row_number + 1} (from line {start_line}): "
+                    "unterminated quoted field, the file ends inside quotes"
+                ) from exc
+            raise StepError(
+                f"{self.name}: row {self.row_number + 1}, line {self.line_number}: "
+                f"malformed CSV: {message}"
+            ) from exc
+
+    def _read_header(self) -> list[str]:
+        header = self._next_record()
+        if header is None:
+            raise StepError(f"{self.name}: the file is empty (expected a header row)")
+        header = [h.strip() for h in header]
+        if len(header) == 1:
+            found = [d for d in OTHER_DELIMITERS if d in header[0]]
+            if found:
+                raise StepError(
+                    f"{self.name}: line 1: the header has one column and contains {found[0]!r}; "
+                    f"the file seems delimited by {found[0]!r}, expected {self.delimiter!r} "
+                    "(set csv.delimiter in the dataset config)"
+                )
+        return header
+
+    def __iter__(self) -> Iterator[list[str]]:
+        width = len(self.header)
+        while True:
+            record = self._next_record()
+            if record is None:
+                return
+            if not record:  # a blank line between records
+                continue
+            self.row_number += 1
+            if len(record) != width:
+                raise StepError(
+                    f"{self.name}: row {self.row_number} (line {self.line_number}): "
+                    f"{len(record)} fields, expected {width} as in the header"
+                )
+            yield record

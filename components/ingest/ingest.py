@@ -1,0 +1,211 @@
+"""Ingestion core: CSV in, versioned gzip TFRecord train/eval splits out, all or nothing."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from components.common import storage
+from components.common.dataset_config import DatasetConfig, check_eval_fraction
+from components.common.errors import StepError
+from components.common.examples import METADATA_FILE, SPLITS
+from components.ingest import split, versioning
+from components.ingest.csv_source import CsvRows
+from components.ingest.examples import ExampleEncoder, ShardedTFRecordWriter
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 100_000
+MAX_DROPPED_VALUES = 20
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    eval_fraction: float | None = None  # None: the dataset config's split.eval_fraction
+    store: str | None = None
+    rows_per_shard: int = 250_000
+    compression_level: int = 6
+
+
+def resolve_columns(header: list[str], config: DatasetConfig, source: str) -> dict[str, int]:
+    """Feature name -> column index, matching headers case- and space-insensitively."""
+    normalized: dict[str, int] = {}
+    for index, name in enumerate(header):
+        normalized.setdefault(name.strip().lower(), index)
+    resolved = {}
+    missing = []
+    for feature, candidates in config.columns.items():
+        index = next(
+            (normalized[c.strip().lower()] for c in candidates if c.strip().lower() in normalized),
+            None,
+        )
+        if index is None:
+            missing.append((feature, candidates))
+        else:
+            resolved[feature] = index
+    for feature, candidates in missing:
+        role = "label" if feature == config.label.feature else "column"
+        shown = ", ".join(repr(h) for h in header[:20])
+        raise StepError(
+            f"{source}: no {role} column for {feature!r} (looked for {list(candidates)}; "
+            f"header has {shown}); map it under columns in the dataset config"
+        )
+    return resolved
+
+
+def _check_output(output: str) -> None:
+    if os.path.isfile(output):
+        raise StepError(f"{output}: output exists and is a file, expected a directory")
+    if os.path.isdir(output) and os.listdir(output):
+        raise StepError(
+            f"{output}: output directory is not empty; refusing to overwrite, choose a new one"
+        )
+
+
+def _publish(staging: str, output: str) -> None:
+    """Move the finished dataset into place, metadata.json last so it marks completeness."""
+    if not os.path.exists(output):
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        os.rename(staging, output)
+        return
+    for name in sorted(os.listdir(staging), key=lambda n: n == METADATA_FILE):
+        os.rename(os.path.join(staging, name), os.path.join(output, name))
+    os.rmdir(staging)
+
+
+def ingest(source: str, output: str, config: DatasetConfig,
+           options: IngestOptions = IngestOptions()) -> dict:
+    """Run ingestion; returns the metadata that is also written to `<output>/metadata.json`."""
+    started = time.monotonic()
+    eval_fraction = check_eval_fraction(
+        config.eval_fraction if options.eval_fraction is None else options.eval_fraction,
+        "--eval-fraction",
+    )
+    _check_output(output)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    os.chmod(staging, 0o755)
+    try:
+        metadata = _ingest_to(source, staging, config, eval_fraction, options, started)
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metadata
+
+
+def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: float,
+               options: IngestOptions, started: float) -> dict:
+    label_spec = config.label
+    positive = {v.strip().lower() for v in label_spec.positive}
+    negative = {v.strip().lower() for v in label_spec.negative}
+    dropped: collections.Counter[str] = collections.Counter()
+    dropped_values: collections.Counter[str] = collections.Counter()
+    label_counts = {s: {"positive": 0, "negative": 0} for s in SPLITS}
+    writers = {
+        s: ShardedTFRecordWriter(os.path.join(staging, s), s, options.rows_per_shard,
+                                 options.compression_level)
+        for s in SPLITS
+    }
+    with storage.open_read(source) as stream:
+        rows = CsvRows(stream, source, config.delimiter, config.max_field_bytes)
+        columns = resolve_columns(rows.header, config, source)
+        label_index = columns[label_spec.feature]
+        id_index = columns[config.id_feature]
+        string_features = [*config.feature_names, config.id_feature]
+        numeric = set(config.features.get("numeric", ()))
+        encoder = ExampleEncoder(
+            {f: columns[f] for f in string_features if f not in numeric},
+            {f: columns[f] for f in config.features.get("numeric", ())},
+            label_spec.feature, source, rows.header,
+        )
+        for row in rows:
+            raw_label = row[label_index].strip().lower()
+            if raw_label in positive:
+                label = 1
+            elif raw_label in negative:
+                label = 0
+            else:
+                dropped["blank_label" if not raw_label else "invalid_label"] += 1
+                if raw_label and (raw_label in dropped_values or
+                                  len(dropped_values) < MAX_DROPPED_VALUES):
+                    dropped_values[row[label_index].strip()[:40]] += 1
+                continue
+            row_id = row[id_index].strip()
+            if not row_id:
+                dropped["missing_id"] += 1
+                continue
+            split_name = "eval" if split.is_eval(row_id, eval_fraction, config.split_salt) \
+                else "train"
+            writers[split_name].write(encoder.encode(row, label, rows.row_number))
+            label_counts[split_name]["positive" if label else "negative"] += 1
+            if rows.row_number % PROGRESS_EVERY == 0:
+                log.info("read %d rows (%.0f rows/s overall, %.1f MB)", rows.row_number,
+                         rows.row_number / max(time.monotonic() - started, 1e-9),
+                         rows.source.bytes_read / 1e6)
+        files = {s: writers[s].close() for s in SPLITS}
+        rows_read = rows.row_number
+        sha256_hex = rows.source.sha256.hexdigest()
+        source_bytes = rows.source.bytes_read
+    if rows_read == 0:
+        raise StepError(f"{source}: the file has a header but no data rows")
+    kept = {s: writers[s].rows for s in SPLITS}
+    if kept["train"] == 0:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()))
+        raise StepError(
+            f"{source}: none of {rows_read} rows is usable for training ({reasons}); check the "
+            f"label column {rows.header[label_index]!r} and label.positive/negative in the config"
+        )
+    for split_name in SPLITS:
+        if kept[split_name] == 0:
+            os.rmdir(os.path.join(staging, split_name))
+    version = versioning.dataset_version(sha256_hex)
+    column_mapping = {feature: rows.header[i] for feature, i in columns.items()}
+    summary = {
+        "rows": {"read": rows_read, "kept": kept["train"] + kept["eval"], **kept},
+        "dropped": dict(sorted(dropped.items())),
+        "label_counts": label_counts,
+    }
+    snapshot_uri = None
+    if options.store:
+        snapshot_uri, _ = versioning.snapshot(source, options.store, version, sha256_hex, summary)
+    seconds = time.monotonic() - started
+    metadata = {
+        "dataset_version": version,
+        "source": source,
+        "source_sha256": sha256_hex,
+        "source_bytes": source_bytes,
+        "snapshot": snapshot_uri,
+        **summary,
+        "dropped_label_values": dict(dropped_values.most_common()),
+        "label": {"feature": label_spec.feature, "positive": list(label_spec.positive),
+                  "negative": list(label_spec.negative),
+                  "encoding": "int64: 1 positive, 0 negative"},
+        "id_feature": config.id_feature,
+        "features": {role: list(names) for role, names in config.features.items() if names},
+        "column_mapping": column_mapping,
+        "dataset_config": {"name": config.name, "source": config.source,
+                           "fingerprint": config.fingerprint()},
+        "split": {"method": split.SPLIT_METHOD, "eval_fraction": eval_fraction,
+                  "salt": config.split_salt},
+        "files": {s: [f"{s}/{name}" for name in files[s]] for s in SPLITS},
+        "format": "gzip TFRecord of tf.Example",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
+    with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, indent=2)
+    log.info(
+        "ingested %s as %s: %d rows read, %d train, %d eval, dropped %s, %.1f s (%.0f rows/s)",
+        source, version, rows_read, kept["train"], kept["eval"], dict(dropped) or "none",
+        seconds, rows_read / max(seconds, 1e-9),
+    )
+    return metadata
+

@@ -1,0 +1,252 @@
+"""Validation core: TFDV statistics per split, a schema, and anomalies against it.
+
+Anomalies come from three comparisons, all TFDV's own: each split against the schema, the
+train split against the eval split (skew, L-infinity, label included) and the new train split
+against the previous data version's (drift: L-infinity for categorical features and the label,
+Jensen-Shannon divergence for numeric ones). Thresholds come from the dataset configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from components.common.dataset_config import DatasetConfig
+from components.common.errors import StepError
+from components.common.examples import SPLITS, read_metadata, split_pattern
+
+log = logging.getLogger(__name__)
+STATS_FILE = "FeatureStats.pb"
+SCHEMA_FILE = "schema.pbtxt"
+ANOMALIES_FILE = "anomalies.pbtxt"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    feature: str
+    split: str  # the comparison it came from: train, eval, train-vs-eval, new-vs-baseline
+    short: str
+    description: str
+
+
+def _stats_options(config: DatasetConfig, schema=None):
+    """The label is an int; declaring it categorical gives it a value distribution to compare."""
+    import tensorflow_data_validation as tfdv
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    if schema is None:
+        schema = schema_pb2.Schema()
+        label = schema.feature.add(name=config.label.feature, type=schema_pb2.INT)
+        label.int_domain.is_categorical = True
+    return tfdv.StatsOptions(schema=schema, num_top_values=50, num_rank_histogram_buckets=200)
+
+
+def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, schema=None) -> dict:
+    """Statistics per split from the TFRecords (never from CSV), written in TFDV's binary format."""
+    import tensorflow_data_validation as tfdv
+
+    metadata = read_metadata(examples)
+    stats = {}
+    options = _stats_options(config, schema)
+    for split in SPLITS:
+        if not metadata["rows"].get(split):
+            continue
+        started = time.monotonic()
+        split_dir = os.path.join(output_dir, split)
+        os.makedirs(split_dir, exist_ok=True)
+        stats[split] = tfdv.generate_statistics_from_tfrecord(
+            split_pattern(examples, split),
+            output_path=os.path.join(split_dir, STATS_FILE),
+            stats_options=options,
+        )
+        seconds = time.monotonic() - started
+        log.info("statistics of %s/%s: %d rows in %.1f s (%.0f rows/s)", examples, split,
+                 metadata["rows"][split], seconds, metadata["rows"][split] / max(seconds, 1e-9))
+    return stats
+
+
+def infer_schema(train_stats, config: DatasetConfig):
+    """TFDV's inferred schema, corrected where inference guesses wrong for our roles."""
+    import tensorflow_data_validation as tfdv
+
+    schema = tfdv.infer_schema(train_stats, infer_feature_shape=False)
+    string_features = {*config.feature_names, config.id_feature} - set(
+        config.features.get("numeric", ())
+    )
+    for feature in schema.feature:
+        if feature.name == config.label.feature:
+            if feature.HasField("domain"):
+                _drop_string_domain(schema, feature.domain)
+            feature.ClearField("domain_info")
+            feature.int_domain.min = 0
+            feature.int_domain.max = 1
+            feature.int_domain.is_categorical = True
+        elif feature.name in string_features and feature.WhichOneof("domain_info") in (
+            "int_domain", "float_domain"
+        ):
+            # ZIP codes and ids look numeric in a sample, but 606XX or A-123 are valid values.
+            feature.ClearField("domain_info")
+    apply_thresholds(schema, config)
+    return schema
+
+
+def _drop_string_domain(schema, name: str) -> None:
+    for index, domain in enumerate(schema.string_domain):
+        if domain.name == name:
+            del schema.string_domain[index]
+            return
+
+
+def apply_thresholds(schema, config: DatasetConfig) -> None:
+    """Skew and drift comparators from the configuration (schema files given by a user too)."""
+    thresholds = config.validation
+    numeric = set(config.features.get("numeric", ()))
+    for feature in schema.feature:
+        name = feature.name
+        if name in thresholds.no_distribution_checks:
+            feature.ClearField("skew_comparator")
+            feature.ClearField("drift_comparator")
+            continue
+        if name == config.label.feature:
+            feature.skew_comparator.infinity_norm.threshold = thresholds.label_linf
+            feature.drift_comparator.infinity_norm.threshold = thresholds.label_linf
+        elif name in numeric:
+            feature.drift_comparator.jensen_shannon_divergence.threshold = thresholds.drift_js
+            feature.skew_comparator.jensen_shannon_divergence.threshold = thresholds.drift_js
+        else:
+            feature.skew_comparator.infinity_norm.threshold = thresholds.skew_linf
+            feature.drift_comparator.infinity_norm.threshold = thresholds.drift_linf
+
+
+def _anomalies_from(proto, comparison: str) -> list[Anomaly]:
+    found = []
+    for feature, info in sorted(proto.anomaly_info.items()):
+        found.append(Anomaly(feature, comparison, info.short_description, info.description))
+    if proto.HasField("dataset_anomaly_info"):
+        info = proto.dataset_anomaly_info
+        found.append(Anomaly("(dataset)", comparison, info.short_description, info.description))
+    return found
+
+
+def _measurements(proto) -> dict[str, dict]:
+    """Distances TFDV measured, by feature: what the report shows beside the thresholds."""
+    out: dict[str, dict] = {}
+    for info in proto.drift_skew_info:
+        name = "/".join(info.path.step)
+        entry = out.setdefault(name, {})
+        for kind, items in (("drift", info.drift_measurements), ("skew", info.skew_measurements)):
+            for m in items:
+                entry[kind] = {"type": type(m).Type.Name(m.type), "value": m.value,
+                               "threshold": m.threshold}
+    return out
+
+
+def validate(examples: str, output: str, config: DatasetConfig, schema_path: str | None = None,
+             baseline_examples: str | None = None) -> dict:
+    """Write statistics, schema, anomalies, summary and report to `output`, all or nothing."""
+    if os.path.isdir(output) and os.listdir(output):
+        raise StepError(f"{output}: output directory is not empty; refusing to overwrite it")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    os.chmod(staging, 0o755)
+    try:
+        summary = _validate_to(examples, staging, config, schema_path, baseline_examples)
+        if os.path.isdir(output):
+            for name in sorted(os.listdir(staging), key=lambda n: n == SUMMARY_FILE):
+                os.rename(os.path.join(staging, name), os.path.join(output, name))
+            os.rmdir(staging)
+        else:
+            os.rename(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _validate_to(examples, staging, config, schema_path, baseline_examples) -> dict:
+    import tensorflow_data_validation as tfdv
+
+    started = time.monotonic()
+    metadata = read_metadata(examples)
+    baseline_metadata = read_metadata(baseline_examples) if baseline_examples else None
+    given_schema = None
+    if schema_path:
+        if not os.path.exists(schema_path):
+            raise StepError(f"{schema_path}: schema file not found")
+        try:
+            given_schema = tfdv.load_schema_text(schema_path)
+        except Exception as exc:  # text_format raises several types; all mean a bad file
+            message = " ".join(str(exc).split())
+            raise StepError(f"{schema_path}: not a TFDV schema in text format: {message}") from exc
+        apply_thresholds(given_schema, config)
+
+    stats = compute_statistics(examples, staging, config, given_schema)
+    baseline_stats = None
+    if baseline_examples:
+        baseline_stats = compute_statistics(
+            baseline_examples, os.path.join(staging, "baseline"), config, given_schema
+        ).get("train")
+
+    if given_schema is not None:
+        schema, schema_source = given_schema, schema_path
+    elif baseline_stats is not None:
+        # What is expected is the previous data: its unseen categories are anomalies now.
+        schema, schema_source = infer_schema(baseline_stats, config), "inferred from baseline"
+    else:
+        schema, schema_source = infer_schema(stats["train"], config), "inferred from train split"
+    tfdv.write_schema_text(schema, os.path.join(staging, SCHEMA_FILE))
+
+    anomalies: list[Anomaly] = []
+    measurements: dict[str, dict] = {}
+    eval_stats = stats.get("eval")
+    train_result = tfdv.validate_statistics(
+        stats["train"], schema, previous_statistics=baseline_stats, serving_statistics=eval_stats
+    )
+    tfdv.write_anomalies_text(train_result, os.path.join(staging, "train", ANOMALIES_FILE))
+    anomalies += _anomalies_from(train_result, "train")
+    measurements = _measurements(train_result)
+    if eval_stats is not None:
+        eval_result = tfdv.validate_statistics(eval_stats, schema)
+        tfdv.write_anomalies_text(eval_result, os.path.join(staging, "eval", ANOMALIES_FILE))
+        anomalies += _anomalies_from(eval_result, "eval")
+
+    summary = {
+        "anomalies_found": bool(anomalies),
+        "anomaly_count": len(anomalies),
+        "anomalies": [a.__dict__ for a in anomalies],
+        "measurements": measurements,
+        "dataset_version": metadata["dataset_version"],
+        "baseline_dataset_version": baseline_metadata["dataset_version"]
+        if baseline_metadata else None,
+        "schema_source": schema_source,
+        "rows": metadata["rows"],
+        "label_counts": metadata["label_counts"],
+        "thresholds": {k: v for k, v in config.validation.__dict__.items()},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    from components.validate.report import write_report
+
+    write_report(os.path.join(staging, REPORT_FILE), summary, stats, baseline_stats,
+                 schema, config)
+    with open(os.path.join(staging, SUMMARY_FILE), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2, default=list)
+    log.info("validated %s (%s): %d anomalies, schema %s, %.1f s", examples,
+             metadata["dataset_version"], len(anomalies), schema_source, summary["seconds"])
+    return summary
+
+
+def one_line_summary(summary: dict) -> str:
+    """`3 anomalies: state (train): Unexpected string values; ...` for logs and failures."""
+    items = [f"{a['feature']} ({a['split']}): {a['short']}" for a in summary["anomalies"]]
+    shown = "; ".join(items[:5]) + ("; ..." if len(items) > 5 else "")
+    return f"{summary['anomaly_count']} anomalies in {summary['dataset_version']}: {shown}"
