@@ -14,6 +14,10 @@ EXIT_USER_ERROR = 2
 
 def setup_logging() -> None:
     """Log to stderr with timestamps; LOG_LEVEL overrides the default INFO."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -31,3 +35,28 @@ def run_step(name: str, main: Callable[[Sequence[str] | None], int | None],
         message = " ".join(str(exc).split())
         print(f"error: {name}: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def parse_bool(value: str | bool) -> bool:
+    """KFP passes Boolean inputs as `true`/`false` strings; people type yes/no/1/0 too."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "y", "on"):
+        return True
+    if lowered in ("false", "0", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def optional_str(value: str) -> str | None:
+    """Empty strings from KFP default parameters mean 'not given'."""
+    return value or None
+
+
+def add_executor_input(parser) -> None:
+    parser.add_argument(
+        "--executor-input", default=None, metavar="JSON",
+        help="KFP executor input ({{$}}); when given, outputs are also reported through the "
+             "executor output file it names (set by the component spec, not by hand)",
+    )

@@ -1,0 +1,70 @@
+"""`python -m components.validate`: TFDV statistics, schema and anomalies (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from components.common.cli import add_executor_input, optional_str, parse_bool, run_step
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.validate",
+        description="Compute TFDV statistics of an ingested dataset, infer or apply a schema, and "
+                    "report anomalies, train/eval skew and drift against a previous data version.",
+    )
+    parser.add_argument("--examples", required=True, help="output directory of the ingest step")
+    parser.add_argument("--output", required=True,
+                        help="directory for statistics, schema.pbtxt, anomalies, summary.json and "
+                             "report.html (must be empty)")
+    parser.add_argument("--schema", type=optional_str, default=None,
+                        help="curated TFDV schema (text format); inferred when not given")
+    parser.add_argument("--baseline-examples", type=optional_str, default=None,
+                        help="ingest output of the previous data version, to measure drift")
+    parser.add_argument("--dataset-config", type=optional_str, default=None,
+                        help="dataset config YAML with the thresholds (default: built-in cfpb)")
+    parser.add_argument("--fail-on-anomalies", nargs="?", const=True, default=False,
+                        type=parse_bool, metavar="BOOL",
+                        help="exit non-zero when anomalies are found (outputs are still written)")
+    parser.add_argument("--report", type=optional_str, default=None,
+                        help="also copy report.html to this file (the KFP HTML artifact)")
+    add_executor_input(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from components.common.dataset_config import load_dataset_config
+    from components.common.errors import StepError
+    from components.common.kfp_executor import ExecutorIO
+    from components.validate.validation import REPORT_FILE, one_line_summary, validate
+
+    executor = ExecutorIO(args.executor_input)
+    config = load_dataset_config(args.dataset_config)
+    summary = validate(args.examples, args.output, config, args.schema, args.baseline_examples)
+    report = os.path.join(args.output, REPORT_FILE)
+    if args.report:
+        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+        shutil.copyfile(report, args.report)
+    executor.artifact("statistics", {
+        "dataset_version": summary["dataset_version"],
+        "baseline_dataset_version": summary["baseline_dataset_version"] or "",
+        "anomaly_count": summary["anomaly_count"],
+        "schema_source": summary["schema_source"],
+    })
+    executor.artifact("report", {"anomaly_count": summary["anomaly_count"]})
+    executor.parameter("anomalies_found", summary["anomalies_found"])
+    executor.write()
+    if summary["anomalies_found"]:
+        message = f"{one_line_summary(summary)} (report: {args.report or report})"
+        if args.fail_on_anomalies:
+            raise StepError(message)
+        print(f"warning: {message}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("validate", main))

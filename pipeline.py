@@ -1,0 +1,97 @@
+"""The Kubeflow pipeline: every step is a container from its `components/<step>/component.yaml`.
+
+    .venv-sdk/bin/python pipeline.py --compile [--output pipeline.yaml]
+
+produces the package to upload in the Kubeflow UI or submit with the kfp client. S3/MinIO
+credentials reach the steps from a Kubernetes Secret (never from pipeline parameters).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+COMPONENTS = ROOT / "components"
+PIPELINE_NAME = "cfpb-continuous-training"
+STEPS = ("ingest", "validate")
+
+# Where the steps find MinIO on a cluster: KFP's own MinIO and its credentials Secret by default.
+S3_ENDPOINT_URL = "http://minio-service.kubeflow:9000"
+S3_SECRET = "mlpipeline-minio-artifact"
+S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+
+
+def load_components() -> dict:
+    from kfp import components
+
+    return {step: components.load_component_from_file(str(COMPONENTS / step / "component.yaml"))
+            for step in STEPS}
+
+
+def build_pipeline(s3_endpoint_url: str = S3_ENDPOINT_URL, s3_secret: str | None = S3_SECRET):
+    """The pipeline function; cluster wiring (S3 endpoint, Secret) is fixed at compile time."""
+    from kfp import dsl
+
+    steps = load_components()
+
+    def with_storage_access(task):
+        task.set_env_variable("S3_ENDPOINT_URL", s3_endpoint_url)
+        if s3_secret:
+            from kfp import kubernetes
+
+            kubernetes.use_secret_as_env(task, secret_name=s3_secret,
+                                         secret_key_to_env=S3_SECRET_KEYS)
+        return task
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="New data in: ingest and version it, then validate it with TFDV.",
+    )
+    def training_pipeline(
+        source: str,
+        dataset_config: str = "",
+        eval_fraction: float = 0.1,
+        data_store: str = "s3://mlpipeline/cfpb/datasets",
+        schema: str = "",
+        fail_on_anomalies: bool = True,
+    ):
+        ingest = with_storage_access(steps["ingest"](
+            source=source, dataset_config=dataset_config, eval_fraction=eval_fraction,
+            store=data_store,
+        ))
+        ingest.set_display_name("Ingest and version data")
+        validate = with_storage_access(steps["validate"](
+            examples=ingest.outputs["examples"], schema=schema, dataset_config=dataset_config,
+            fail_on_anomalies=fail_on_anomalies,
+        ))
+        validate.set_display_name("Validate data (TFDV)")
+
+    return training_pipeline
+
+
+def compile_pipeline(output: str, **options) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(**options), package_path=output)
+    return output
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compile", action="store_true", help="compile the pipeline package")
+    parser.add_argument("--output", default="pipeline.yaml", help="package path (pipeline.yaml)")
+    parser.add_argument("--s3-endpoint-url", default=S3_ENDPOINT_URL,
+                        help=f"MinIO/S3 endpoint the steps use on the cluster ({S3_ENDPOINT_URL})")
+    parser.add_argument("--s3-secret", default=S3_SECRET,
+                        help=f"Secret with accesskey/secretkey for it ({S3_SECRET}); '' for none")
+    args = parser.parse_args(argv)
+    if not args.compile:
+        parser.error("nothing to do: pass --compile")
+    path = compile_pipeline(args.output, s3_endpoint_url=args.s3_endpoint_url,
+                            s3_secret=args.s3_secret or None)
+    print(f"compiled {PIPELINE_NAME} to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
