@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -10,6 +11,17 @@ from collections.abc import Callable, Sequence
 from components.common.errors import StepError
 
 EXIT_USER_ERROR = 2
+
+
+class StepArgumentParser(argparse.ArgumentParser):
+    """Bad arguments are one line a person can act on (`error: <step>: ...`), not a usage dump."""
+
+    def __init__(self, step: str, **kwargs):
+        super().__init__(prog=f"python -m components.{step}", **kwargs)
+        self.step = step
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"error: {self.step}: {message}\n")
 
 
 def setup_logging() -> None:

@@ -32,6 +32,7 @@ class ValidationThresholds:
     drift_linf: float = 0.1
     drift_js: float = 0.1
     label_linf: float = 0.1
+    min_domain_mass: float = 0.99
     no_distribution_checks: tuple[str, ...] = ()
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from components.common.cli import add_executor_input, optional_str, run_step
+from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m components.ingest",
+def build_parser() -> StepArgumentParser:
+    parser = StepArgumentParser(
+        "ingest",
         description="Read a CSV (local path or s3://bucket/key), split it deterministically into "
                     "train/eval gzip TFRecords of tf.Example, and version it by content.",
     )

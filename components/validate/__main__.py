@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 
-from components.common.cli import add_executor_input, optional_str, parse_bool, run_step
+from components.common.cli import (
+    StepArgumentParser,
+    add_executor_input,
+    optional_str,
+    parse_bool,
+    run_step,
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m components.validate",
+def build_parser() -> StepArgumentParser:
+    parser = StepArgumentParser(
+        "validate",
         description="Compute TFDV statistics of an ingested dataset, infer or apply a schema, and "
                     "report anomalies, train/eval skew and drift against a previous data version.",
     )

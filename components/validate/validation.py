@@ -49,6 +49,15 @@ def _stats_options(config: DatasetConfig, schema=None):
     return tfdv.StatsOptions(schema=schema, num_top_values=50, num_rank_histogram_buckets=200)
 
 
+def _beam_options():
+    """Beam's DirectRunner in-process; named explicitly so Beam does not try to download Prism."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    workers = int(os.environ.get("BEAM_DIRECT_NUM_WORKERS", "1"))
+    return PipelineOptions(runner="DirectRunner", direct_num_workers=workers,
+                           direct_running_mode="in_memory" if workers == 1 else "multi_processing")
+
+
 def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, schema=None) -> dict:
     """Statistics per split from the TFRecords (never from CSV), written in TFDV's binary format."""
     import tensorflow_data_validation as tfdv
@@ -62,11 +71,16 @@ def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, sc
         started = time.monotonic()
         split_dir = os.path.join(output_dir, split)
         os.makedirs(split_dir, exist_ok=True)
-        stats[split] = tfdv.generate_statistics_from_tfrecord(
-            split_pattern(examples, split),
-            output_path=os.path.join(split_dir, STATS_FILE),
-            stats_options=options,
-        )
+        with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
+            stats[split] = tfdv.generate_statistics_from_tfrecord(
+                split_pattern(examples, split),
+                output_path=os.path.join(scratch, "stats.tfrecord"),
+                stats_options=options,
+                pipeline_options=_beam_options(),
+            )
+        # TFX's layout: a binary DatasetFeatureStatisticsList (tfdv.load_stats_binary reads it).
+        with open(os.path.join(split_dir, STATS_FILE), "wb") as handle:
+            handle.write(stats[split].SerializeToString())
         seconds = time.monotonic() - started
         log.info("statistics of %s/%s: %d rows in %.1f s (%.0f rows/s)", examples, split,
                  metadata["rows"][split], seconds, metadata["rows"][split] / max(seconds, 1e-9))
@@ -106,7 +120,10 @@ def _drop_string_domain(schema, name: str) -> None:
 
 
 def apply_thresholds(schema, config: DatasetConfig) -> None:
-    """Skew and drift comparators from the configuration (schema files given by a user too)."""
+    """Skew and drift comparators from the configuration (schema files given by a user too).
+
+    A curated schema's own distribution constraints win over the configured domain mass.
+    """
     thresholds = config.validation
     numeric = set(config.features.get("numeric", ()))
     for feature in schema.feature:
@@ -124,6 +141,8 @@ def apply_thresholds(schema, config: DatasetConfig) -> None:
         else:
             feature.skew_comparator.infinity_norm.threshold = thresholds.skew_linf
             feature.drift_comparator.infinity_norm.threshold = thresholds.drift_linf
+        if feature.HasField("domain") and not feature.HasField("distribution_constraints"):
+            feature.distribution_constraints.min_domain_mass = thresholds.min_domain_mass
 
 
 def _anomalies_from(proto, comparison: str) -> list[Anomaly]:

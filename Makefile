@@ -1,0 +1,67 @@
+# One entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION ?= 0.13.9
+UV := $(PYTHON) -m uv
+VENV := .venv
+VENV_SDK := .venv-sdk
+RUN := $(VENV)/bin/python
+RUN_SDK := $(VENV_SDK)/bin/python
+
+# The demo: synthetic complaints in the official export format, generated deterministically.
+ROWS ?= 20000
+SEED ?= 42
+LOCAL := local_runs
+SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
+
+.PHONY: uv help venv test test-runtime test-sdk lint compile run-local bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | uv
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra runtime
+	touch $@
+
+$(VENV_SDK)/.synced: pyproject.toml uv.lock | uv
+	UV_PROJECT_ENVIRONMENT=$(VENV_SDK) $(UV) sync --frozen --extra sdk
+	touch $@
+
+venv: $(VENV)/.synced $(VENV_SDK)/.synced  ## component runtime env (.venv) and pipeline SDK env (.venv-sdk)
+
+test: test-runtime test-sdk  ## all tests
+
+test-runtime: $(VENV)/.synced
+	$(RUN) -m pytest -m "not sdk" $(PYTEST_ARGS)
+
+test-sdk: $(VENV_SDK)/.synced
+	$(RUN_SDK) -m pytest -m sdk $(PYTEST_ARGS)
+
+lint: $(VENV)/.synced  ## ruff
+	$(VENV)/bin/ruff check .
+
+compile: $(VENV_SDK)/.synced  ## compile the pipeline package to pipeline.yaml
+	$(RUN_SDK) pipeline.py --compile --output pipeline.yaml
+
+$(SAMPLE): | $(VENV)/.synced
+	$(RUN) -m components.datagen --rows $(ROWS) --seed $(SEED) --out $@
+
+# Until the step images exist, the local run chains the steps' CLIs as plain processes.
+run-local: $(VENV)/.synced $(SAMPLE)  ## ingest + validate the generated sample locally, no cluster
+	@run=$(LOCAL)/runs/$$(date +%Y%m%d-%H%M%S); set -e; \
+	$(RUN) -m components.ingest --source $(SAMPLE) --output $$run/examples --store $(LOCAL)/store; \
+	$(RUN) -m components.validate --examples $$run/examples --output $$run/validation; \
+	ln -sfn $$(realpath $$run) $(LOCAL)/latest; \
+	echo "run: $$run (latest: $(LOCAL)/latest)"; \
+	echo "validation report: $$run/validation/report.html"
+
+bench: $(VENV)/.synced  ## benchmarks (prints figures; see bench/README.md)
+	$(RUN) bench/bench_ingest_validate.py
+
+clean:  ## remove environments and local runs
+	rm -rf $(VENV) $(VENV_SDK) $(LOCAL) pipeline.yaml

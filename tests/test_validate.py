@@ -1,0 +1,196 @@
+"""Data validation as a data scientist relies on it: real data passes, planted problems caught."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+
+from components.common.dataset_config import load_dataset_config
+from components.common.errors import StepError
+from components.ingest.ingest import ingest
+from components.validate.validation import validate
+
+CONFIG = load_dataset_config()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("validate")
+
+
+def generate(cli, path, rows, seed, **options):
+    args = ["--rows", str(rows), "--seed", str(seed), "--out", str(path)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    result = cli("components.datagen", *args)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(workdir):
+    """An ingested dataset with the usual ~25% disputed, the 'previous data version'."""
+    from tests.conftest import run_cli
+
+    csv_path = generate(run_cli, workdir / "baseline.csv", 4000, seed=1)
+    ingest(str(csv_path), str(workdir / "baseline"), CONFIG)
+    return workdir / "baseline"
+
+
+def anomalies_by_feature(summary):
+    found = {}
+    for anomaly in summary["anomalies"]:
+        found.setdefault(anomaly["feature"], []).append(anomaly)
+    return found
+
+
+def test_real_sample_ingests_and_validates_cleanly(real_sample, tmp_path, cli):
+    """The real 2013 export goes through both steps as a container would run them."""
+    result = cli("components.ingest", "--source", str(real_sample),
+                 "--output", str(tmp_path / "examples"))
+    assert result.returncode == 0, result.stderr
+    result = cli("components.validate", "--examples", str(tmp_path / "examples"),
+                 "--output", str(tmp_path / "validation"), "--fail-on-anomalies",
+                 "--report", str(tmp_path / "report" / "index.html"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "validation"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["anomalies_found"] is False
+    assert summary["rows"]["read"] == 1000
+    assert set(summary["measurements"]) >= {"product", "state", "consumer_disputed"}
+
+    import tensorflow_data_validation as tfdv
+
+    train_stats = tfdv.load_stats_binary(str(out / "train" / "FeatureStats.pb"))
+    names = {f.path.step[0] for f in train_stats.datasets[0].features}
+    assert {"product", "issue", "state", "zip_code", "consumer_disputed"} <= names
+    assert train_stats.datasets[0].num_examples == summary["rows"]["train"]
+    schema = tfdv.load_schema_text(str(out / "schema.pbtxt"))
+    zip_feature = tfdv.get_feature(schema, "zip_code")
+    assert zip_feature.WhichOneof("domain_info") is None, "masked ZIPs like 606XX must stay valid"
+    report = (tmp_path / "report" / "index.html").read_text()
+    assert "no anomalies" in report and "Mortgage" in report and "<svg" in report
+
+
+def test_label_shift_against_previous_version_is_an_anomaly(baseline, workdir, cli):
+    """25% disputed becoming 60% in new data stops the pipeline with a one-line reason."""
+    shifted_csv = generate(cli, workdir / "shifted.csv", 4000, seed=2, disputed_rate=0.6)
+    ingest(str(shifted_csv), str(workdir / "shifted"), CONFIG)
+    result = cli("components.validate", "--examples", str(workdir / "shifted"),
+                 "--baseline-examples", str(baseline), "--output", str(workdir / "v-shift"),
+                 "--fail-on-anomalies")
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "consumer_disputed" in error_lines[0]
+    summary = json.loads((workdir / "v-shift" / "summary.json").read_text())
+    label = summary["measurements"]["consumer_disputed"]["drift"]
+    assert label["value"] > 0.3 and label["threshold"] == pytest.approx(0.1)
+    assert "consumer_disputed" in anomalies_by_feature(summary)
+    assert "consumer_disputed" in (workdir / "v-shift" / "report.html").read_text()
+
+
+def test_same_distribution_new_sample_has_no_drift(baseline, workdir, cli):
+    """Fresh data from the same process is not flagged: the checks do not cry wolf."""
+    fresh_csv = generate(cli, workdir / "fresh.csv", 4000, seed=3)
+    ingest(str(fresh_csv), str(workdir / "fresh"), CONFIG)
+    summary = validate(str(workdir / "fresh"), str(workdir / "v-fresh"), CONFIG,
+                       baseline_examples=str(baseline))
+    assert summary["anomalies_found"] is False, summary["anomalies"]
+    assert summary["baseline_dataset_version"] == json.loads(
+        (baseline / "metadata.json").read_text())["dataset_version"]
+    assert summary["schema_source"] == "inferred from baseline"
+
+
+def _plant_state(src, dst, value, every):
+    with open(src, newline="", encoding="utf-8") as fin, \
+            open(dst, "w", newline="", encoding="utf-8") as fout:
+        reader, writer = csv.reader(fin), csv.writer(fout)
+        header = next(reader)
+        writer.writerow(header)
+        state = header.index("State")
+        for i, row in enumerate(reader):
+            if i % every == 0:
+                row[state] = value
+            writer.writerow(row)
+
+
+def test_unknown_category_is_reported(baseline, workdir, cli):
+    """A state code never seen before ('ZZ') is an anomaly on the state feature."""
+    fresh_csv = workdir / "fresh-zz-src.csv"
+    generate(cli, fresh_csv, 2000, seed=4)
+    _plant_state(fresh_csv, workdir / "zz.csv", "ZZ", every=10)
+    ingest(str(workdir / "zz.csv"), str(workdir / "zz"), CONFIG)
+    summary = validate(str(workdir / "zz"), str(workdir / "v-zz"), CONFIG,
+                       baseline_examples=str(baseline))
+    state = anomalies_by_feature(summary).get("state")
+    assert state, summary["anomalies"]
+    assert any("ZZ" in a["description"] for a in state)
+
+
+def test_curated_schema_is_applied(baseline, workdir, cli):
+    """A schema written by one run and committed by a person is what the next run checks."""
+    first = validate(str(baseline), str(workdir / "v-first"), CONFIG)
+    assert first["anomalies_found"] is False
+    schema_path = workdir / "v-first" / "schema.pbtxt"
+    summary = validate(str(workdir / "zz"), str(workdir / "v-zz-schema"), CONFIG,
+                       schema_path=str(schema_path))
+    assert summary["schema_source"] == str(schema_path)
+    assert "state" in anomalies_by_feature(summary)
+
+
+def test_train_eval_skew_is_reported(baseline, workdir):
+    """An eval split whose label distribution differs from train's is skew."""
+    skewed = workdir / "skewed"
+    shutil.copytree(baseline, skewed)
+    shutil.rmtree(skewed / "eval")
+    shutil.copytree(workdir / "shifted" / "train", skewed / "eval")
+    summary = validate(str(skewed), str(workdir / "v-skew"), CONFIG)
+    skew = summary["measurements"]["consumer_disputed"]["skew"]
+    assert skew["value"] > 0.3
+    assert any(a["feature"] == "consumer_disputed" for a in summary["anomalies"])
+
+
+def test_executor_output_reports_anomalies_found(baseline, tmp_path, cli):
+    """Inside KFP the decision and the artifacts' metadata reach the next step and ML Metadata."""
+    executor_input = {
+        "inputs": {"artifacts": {}, "parameterValues": {}},
+        "outputs": {
+            "artifacts": {
+                "statistics": {"artifacts": [{"name": "statistics",
+                                              "uri": str(tmp_path / "statistics")}]},
+                "report": {"artifacts": [{"name": "report", "uri": str(tmp_path / "report")}]},
+            },
+            "parameters": {"anomalies_found": {"outputFile": str(tmp_path / "af")}},
+            "outputFile": str(tmp_path / "out" / "executor_output.json"),
+        },
+    }
+    result = cli("components.validate", "--examples", str(baseline),
+                 "--output", str(tmp_path / "statistics"), "--report", str(tmp_path / "report"),
+                 "--fail-on-anomalies", "false", "--executor-input", json.dumps(executor_input))
+    assert result.returncode == 0, result.stderr
+    output = json.loads((tmp_path / "out" / "executor_output.json").read_text())
+    assert output["parameterValues"] == {"anomalies_found": False}
+    stats = output["artifacts"]["statistics"]["artifacts"][0]
+    assert stats["uri"] == str(tmp_path / "statistics")
+    assert stats["metadata"]["dataset_version"].startswith("ds-")
+    assert output["artifacts"]["report"]["artifacts"][0]["uri"] == str(tmp_path / "report")
+    assert (tmp_path / "report").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_not_an_ingest_output_is_a_clear_error(tmp_path):
+    with pytest.raises(StepError, match="not the output of a finished ingest step"):
+        validate(str(tmp_path), str(tmp_path / "out"), CONFIG)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_bad_schema_file_is_a_clear_error(baseline, tmp_path):
+    bad = tmp_path / "schema.pbtxt"
+    bad.write_text("feature { name: 'x' type: NOT_A_TYPE }\n")
+    with pytest.raises(StepError, match="not a TFDV schema"):
+        validate(str(baseline), str(tmp_path / "out"), CONFIG, schema_path=str(bad))
+    assert not os.path.exists(tmp_path / "out")
+    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
