@@ -40,7 +40,7 @@ test-runtime: $(VENV)/.synced
 	$(RUN) -m pytest -m "not sdk" $(PYTEST_ARGS)
 
 test-sdk: $(VENV_SDK)/.synced
-	$(RUN_SDK) -m pytest -m sdk $(PYTEST_ARGS)
+	$(RUN_SDK) -m pytest -m sdk tests/test_pipeline*.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.synced  ## ruff
 	$(VENV)/bin/ruff check .
