@@ -1,4 +1,4 @@
-"""The pipeline package a user uploads: it compiles, loads back, and wires the steps as specified."""
+"""The pipeline package a user uploads: it compiles, loads back and wires the steps as specified."""
 
 from __future__ import annotations
 

@@ -89,7 +89,8 @@ def test_label_shift_against_previous_version_is_an_anomaly(baseline, workdir, c
     summary = json.loads((workdir / "v-shift" / "summary.json").read_text())
     label = summary["measurements"]["consumer_disputed"]["drift"]
     assert label["value"] > 0.3 and label["threshold"] == pytest.approx(0.1)
-    assert "consumer_disputed" in anomalies_by_feature(summary)
+    label_anomalies = anomalies_by_feature(summary)["consumer_disputed"]
+    assert [a["split"] for a in label_anomalies] == ["train vs baseline (drift)"]
     assert "consumer_disputed" in (workdir / "v-shift" / "report.html").read_text()
 
 
@@ -151,7 +152,8 @@ def test_train_eval_skew_is_reported(baseline, workdir):
     summary = validate(str(skewed), str(workdir / "v-skew"), CONFIG)
     skew = summary["measurements"]["consumer_disputed"]["skew"]
     assert skew["value"] > 0.3
-    assert any(a["feature"] == "consumer_disputed" for a in summary["anomalies"])
+    assert {"feature": "consumer_disputed", "split": "train vs eval (skew)"} in [
+        {"feature": a["feature"], "split": a["split"]} for a in summary["anomalies"]]
 
 
 def test_executor_output_reports_anomalies_found(baseline, tmp_path, cli):

@@ -82,7 +82,6 @@ def _publish(staging: str, output: str) -> None:
 def ingest(source: str, output: str, config: DatasetConfig,
            options: IngestOptions = IngestOptions()) -> dict:
     """Run ingestion; returns the metadata that is also written to `<output>/metadata.json`."""
-    started = time.monotonic()
     eval_fraction = check_eval_fraction(
         config.eval_fraction if options.eval_fraction is None else options.eval_fraction,
         "--eval-fraction",
@@ -93,7 +92,7 @@ def ingest(source: str, output: str, config: DatasetConfig,
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
     os.chmod(staging, 0o755)
     try:
-        metadata = _ingest_to(source, staging, config, eval_fraction, options, started)
+        metadata = _ingest_to(source, staging, config, eval_fraction, options)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -102,7 +101,7 @@ def ingest(source: str, output: str, config: DatasetConfig,
 
 
 def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: float,
-               options: IngestOptions, started: float) -> dict:
+               options: IngestOptions) -> dict:
     label_spec = config.label
     positive = {v.strip().lower() for v in label_spec.positive}
     negative = {v.strip().lower() for v in label_spec.negative}
@@ -126,6 +125,7 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
             {f: columns[f] for f in config.features.get("numeric", ())},
             label_spec.feature, source, rows.header,
         )
+        started = time.monotonic()  # after TensorFlow's import: rates measure the data work
         for row in rows:
             raw_label = row[label_index].strip().lower()
             if raw_label in positive:

@@ -119,7 +119,8 @@ def write_report(path: str, summary: dict, stats: dict, baseline_stats, schema, 
     label = config.label.feature
     names.sort(key=lambda n: (n != label, config.role_of(n) is None, n))
     anomalous = {a["feature"] for a in summary["anomalies"]}
-    status = (f'<span class="bad">{summary["anomaly_count"]} anomalies found</span>'
+    noun = "anomaly" if summary["anomaly_count"] == 1 else "anomalies"
+    status = (f'<span class="bad">{summary["anomaly_count"]} {noun} found</span>'
               if summary["anomalies_found"] else '<span class="ok">no anomalies</span>')
     rows = summary["rows"]
     out = [

@@ -32,7 +32,7 @@ REPORT_FILE = "report.html"
 @dataclass(frozen=True)
 class Anomaly:
     feature: str
-    split: str  # the comparison it came from: train, eval, train-vs-eval, new-vs-baseline
+    split: str  # where: train, eval, train vs eval (skew), train vs baseline (drift)
     short: str
     description: str
 
@@ -145,13 +145,23 @@ def apply_thresholds(schema, config: DatasetConfig) -> None:
             feature.distribution_constraints.min_domain_mass = thresholds.min_domain_mass
 
 
-def _anomalies_from(proto, comparison: str) -> list[Anomaly]:
+def _where(split: str, description: str) -> str:
+    """TFDV reports drift and skew on the statistics it was given; say which comparison it was."""
+    if "current and previous" in description:
+        return f"{split} vs baseline (drift)"
+    if "training and serving" in description:
+        return "train vs eval (skew)"
+    return split
+
+
+def _anomalies_from(proto, split: str) -> list[Anomaly]:
     found = []
     for feature, info in sorted(proto.anomaly_info.items()):
-        found.append(Anomaly(feature, comparison, info.short_description, info.description))
+        found.append(Anomaly(feature, _where(split, info.description), info.short_description,
+                             info.description))
     if proto.HasField("dataset_anomaly_info"):
         info = proto.dataset_anomaly_info
-        found.append(Anomaly("(dataset)", comparison, info.short_description, info.description))
+        found.append(Anomaly("(dataset)", split, info.short_description, info.description))
     return found
 
 
@@ -268,4 +278,6 @@ def one_line_summary(summary: dict) -> str:
     """`3 anomalies: state (train): Unexpected string values; ...` for logs and failures."""
     items = [f"{a['feature']} ({a['split']}): {a['short']}" for a in summary["anomalies"]]
     shown = "; ".join(items[:5]) + ("; ..." if len(items) > 5 else "")
-    return f"{summary['anomaly_count']} anomalies in {summary['dataset_version']}: {shown}"
+    count = summary["anomaly_count"]
+    noun = "anomaly" if count == 1 else "anomalies"
+    return f"{count} {noun} in {summary['dataset_version']}: {shown}"

@@ -1,0 +1,317 @@
+"""Benchmark the ingest and validate steps on synthetic complaints; prints figures, judges nothing.
+
+    .venv/bin/python bench/bench_ingest_validate.py [--rows 1000000] [--seed 42]
+        [--workdir bench/out] [--workers 1] [--keep]
+
+What it measures, each step in its own child process (as the pipeline runs them):
+  * csv baseline: Python's own `csv` module reading the same file, nothing else;
+  * tf import: `python -c "import tensorflow"`, the fixed start-up cost ingest pays;
+  * ingest: the real CLI (`python -m components.ingest`), wall time and peak memory;
+  * validate: the real CLI, with BEAM_DIRECT_NUM_WORKERS=1 and, with `--workers N`, N too.
+The generated CSV is kept under the workdir and reused when rows and seed match; step outputs
+are deleted at the end unless `--keep`. The table goes to stdout and, as JSON, to
+`<workdir>/bench_ingest_validate.json`. Linux only (it reads /proc and wait4's rusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+MB = 1e6
+GB = 1 << 30
+INGEST_RATIO_GOAL = 3.0
+INGEST_MEMORY_GOAL = 1 * GB
+
+CSV_BASELINE = """
+import csv, sys, time
+csv.field_size_limit(1 << 20)  # as ingest does; long narratives exceed the 128 KiB default
+started = time.perf_counter()
+rows = 0
+for row in csv.reader(open(sys.argv[1], newline='', encoding='utf-8')):
+    rows += 1
+print(rows - 1, time.perf_counter() - started)
+"""
+
+
+@dataclass
+class Run:
+    """One measured child process."""
+
+    label: str
+    seconds: float  # wall time, from spawn to exit
+    peak_rss: int  # bytes: the largest single process in the child's tree (kernel-accounted)
+    peak_tree_rss: int  # bytes: largest sampled sum of RSS over the child and its descendants
+    returncode: int
+    log: str
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of `root` and everything below it, from the parent pids in /proc/<pid>/stat."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:  # the process ended while we looked
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # field 4; the name may hold spaces
+        children.setdefault(parent, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _rss(pid: int) -> int:
+    """Current resident set size of one process in bytes (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(label: str, command: list[str], log_path: str, env: dict | None = None) -> Run:
+    """Run `command` as a child and return its wall time and peak memory.
+
+    Peak memory, the robust way: we reap the child ourselves with `os.wait4`, whose rusage is
+    the kernel's own high-water mark (ru_maxrss) for that one child and any descendants it
+    waited for. Unlike RUSAGE_CHILDREN it is per child, so several runs in one benchmark do not
+    mix, and unlike polling VmHWM it cannot miss a short spike or the value lost at exit. It
+    needs no `/usr/bin/time`. It is the peak of the largest single process, though, so for
+    Beam's multi-process workers we also sample the summed RSS of the whole tree every 0.2 s.
+    """
+    with open(log_path, "w", encoding="utf-8") as log:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **(env or {})})
+        tree_peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal tree_peak
+            while not done.wait(0.2):
+                tree_peak = max(tree_peak, sum(_rss(p) for p in _descendants(child.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen.wait
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    return Run(label, seconds, peak, max(tree_peak, peak), child.returncode, log_path)
+
+
+def _check(run: Run) -> Run:
+    """Stop with the child's last log lines when it failed: later figures would be meaningless."""
+    if run.returncode != 0:
+        with open(run.log, encoding="utf-8", errors="replace") as handle:
+            tail = handle.readlines()[-15:]
+        sys.exit(f"{run.label} failed (exit {run.returncode}); end of {run.log}:\n"
+                 + "".join(tail))
+    return run
+
+
+def ensure_data(workdir: str, rows: int, seed: int) -> tuple[str, float | None]:
+    """The CSV for (rows, seed), generated once; returns its path and generation seconds."""
+    path = os.path.join(workdir, f"complaints-{rows}-seed{seed}.csv")
+    if os.path.exists(path):
+        return path, None
+    partial = path + ".partial"  # renamed when complete, so an interrupted run is not reused
+    run = _check(measure("datagen", [PYTHON, "-m", "components.datagen", "--rows", str(rows),
+                                     "--seed", str(seed), "--out", partial],
+                         os.path.join(workdir, "datagen.log")))
+    os.replace(partial, path)
+    return path, run.seconds
+
+
+def warm_cache(path: str) -> float:
+    """Read the file once so every timed run finds it in the page cache; returns MB/s."""
+    started = time.perf_counter()
+    with open(path, "rb") as handle:
+        while handle.read(1 << 24):
+            pass
+    return os.path.getsize(path) / MB / max(time.perf_counter() - started, 1e-9)
+
+
+def csv_baseline(path: str, logs: str) -> tuple[Run, float]:
+    """Python's csv module alone over the file; returns the run and its in-process read time."""
+    run = _check(measure("csv baseline", [PYTHON, "-c", CSV_BASELINE, path],
+                         os.path.join(logs, "csv_baseline.log")))
+    with open(run.log, encoding="utf-8") as handle:
+        _rows, seconds = handle.read().split()
+    return run, float(seconds)
+
+
+def tf_import(logs: str) -> Run:
+    """Start-up cost ingest pays before its first row: the interpreter plus TensorFlow."""
+    return _check(measure("tf import", [PYTHON, "-c", "import tensorflow"],
+                          os.path.join(logs, "tf_import.log"),
+                          env={"TF_CPP_MIN_LOG_LEVEL": "2"}))
+
+
+def ingest(path: str, output: str, logs: str) -> tuple[Run, dict]:
+    """The ingest CLI; returns the run and the metadata.json it wrote."""
+    run = _check(measure("ingest", [PYTHON, "-m", "components.ingest", "--source", path,
+                                    "--output", output], os.path.join(logs, "ingest.log")))
+    with open(os.path.join(output, "metadata.json"), encoding="utf-8") as handle:
+        return run, json.load(handle)
+
+
+def validate(examples: str, output: str, logs: str, workers: int) -> tuple[Run, dict]:
+    """The validate CLI with `workers` Beam DirectRunner workers; returns run and summary."""
+    run = _check(measure(f"validate (workers={workers})",
+                         [PYTHON, "-m", "components.validate", "--examples", examples,
+                          "--output", output],
+                         os.path.join(logs, f"validate-w{workers}.log"),
+                         env={"BEAM_DIRECT_NUM_WORKERS": str(workers)}))
+    with open(os.path.join(output, "summary.json"), encoding="utf-8") as handle:
+        return run, json.load(handle)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        total_kb = int(handle.readline().split()[1])
+    return {"cpus": os.cpu_count(), "memory_gb": round(total_kb / (1 << 20), 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def figure(name: str, value: float, unit: str, goal: str = "", digits: int = 1) -> dict:
+    """One row of the table; digits=0 gives an int."""
+    return {"figure": name, "value": round(value, digits) if digits else round(value),
+            "unit": unit, "goal": goal}
+
+
+def build_table(source_bytes: int, csv_run: Run, csv_seconds: float, tf_run: Run,
+                ingest_run: Run, metadata: dict, validate_runs: list[tuple[Run, dict]]) -> list:
+    """The figures, in the order they are printed."""
+    rows = metadata["rows"]["read"]
+    steady = max(ingest_run.seconds - tf_run.seconds, 1e-9)
+    table = [
+        figure("csv baseline: read time (in process)", csv_seconds, "s"),
+        figure("csv baseline: rows/s", rows / csv_seconds, "rows/s", digits=0),
+        figure("csv baseline: peak RSS", csv_run.peak_rss / MB, "MB"),
+        figure("tf import (python -c 'import tensorflow')", tf_run.seconds, "s"),
+        figure("ingest: wall time", ingest_run.seconds, "s"),
+        figure("ingest: rows/s (rows read / wall time)", rows / ingest_run.seconds, "rows/s",
+               digits=0),
+        figure("ingest: MB/s (source bytes / wall time)", source_bytes / MB / ingest_run.seconds,
+               "MB/s"),
+        figure("ingest: wall time / csv read time", ingest_run.seconds / csv_seconds, "x",
+               f"< {INGEST_RATIO_GOAL:g}x", digits=2),
+        figure("ingest: (wall - tf import) / csv read time", steady / csv_seconds, "x",
+               "(for reference)", digits=2),
+        figure("ingest: peak RSS", ingest_run.peak_rss / MB, "MB",
+               f"< {INGEST_MEMORY_GOAL / MB:.0f} MB (1 GiB)"),
+    ]
+    for run, summary in validate_runs:
+        table += [
+            figure(f"{run.label}: wall time", run.seconds, "s"),
+            figure(f"{run.label}: rows/s", summary["rows"]["kept"] / run.seconds, "rows/s",
+                   digits=0),
+            figure(f"{run.label}: peak RSS, largest process", run.peak_rss / MB, "MB"),
+            figure(f"{run.label}: peak RSS, all processes (sampled)", run.peak_tree_rss / MB,
+                   "MB"),
+        ]
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| figure | value | goal |", "|---|---:|---|"]
+    for f in table:
+        value = f"{f['value']:,}" if isinstance(f["value"], int) else f"{f['value']}"
+        lines.append(f"| {f['figure']} | {value} {f['unit']} | {f['goal']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate")
+    parser.add_argument("--seed", type=int, default=42, help="datagen seed")
+    parser.add_argument("--workdir", default=os.path.join(REPO, "bench", "out"),
+                        help="data, step outputs, logs and the JSON result (default bench/out)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="when above 1, also run validate with this many Beam workers")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the ingest and validate outputs (the CSV is always kept)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = os.path.abspath(args.workdir)
+    run_dir = os.path.join(workdir, f"run-{args.rows}-seed{args.seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # the steps refuse non-empty output directories
+    logs = os.path.join(run_dir, "logs")
+    os.makedirs(logs)
+
+    path, generated = ensure_data(workdir, args.rows, args.seed)
+    source_bytes = os.path.getsize(path)
+    print(f"data: {path} ({source_bytes / MB:.0f} MB, "
+          + (f"generated in {generated:.1f} s)" if generated else "reused)"), flush=True)
+    print(f"page cache warm-up read: {warm_cache(path):.0f} MB/s", flush=True)
+
+    csv_run, csv_seconds = csv_baseline(path, logs)
+    print(f"csv baseline: {csv_seconds:.1f} s", flush=True)
+    tf_run = tf_import(logs)
+    print(f"tf import: {tf_run.seconds:.1f} s", flush=True)
+    examples = os.path.join(run_dir, "examples")
+    ingest_run, metadata = ingest(path, examples, logs)
+    print(f"ingest: {ingest_run.seconds:.1f} s", flush=True)
+    validate_runs = []
+    for workers in sorted({1, args.workers}):
+        validate_runs.append(validate(examples, os.path.join(run_dir, f"validation-w{workers}"),
+                                      logs, workers))
+        print(f"{validate_runs[-1][0].label}: {validate_runs[-1][0].seconds:.1f} s", flush=True)
+
+    table = build_table(source_bytes, csv_run, csv_seconds, tf_run, ingest_run, metadata,
+                        validate_runs)
+    result = {
+        "rows": metadata["rows"], "source_bytes": source_bytes, "source": path,
+        "ingest_seconds_reported_by_step": metadata.get("seconds"),
+        "validate_seconds_reported_by_step": {
+            run.label: summary.get("seconds") for run, summary in validate_runs
+        },
+        "machine": machine(), "figures": table,
+    }
+    print()
+    print(f"{args.rows:,} rows, {source_bytes / MB:.0f} MB, {result['machine']['cpus']} CPUs, "
+          f"{result['machine']['memory_gb']} GB, {result['machine']['date']}")
+    print()
+    print(markdown(table))
+    json_path = os.path.join(workdir, "bench_ingest_validate.json")
+    with open(json_path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"\nJSON: {json_path}; logs: {logs}")
+    if not args.keep:
+        for name in os.listdir(run_dir):
+            if name != "logs":
+                shutil.rmtree(os.path.join(run_dir, name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
