@@ -96,6 +96,12 @@ class CsvRows:
                     f"{self.name}: row {self.row_number + 1} (from line {start_line}): "
                     "unterminated quoted field, the file ends inside quotes"
                 ) from exc
+            if "expected after '\"'" in message and start_line < self.line_number:
+                raise StepError(
+                    f"{self.name}: row {self.row_number + 1} (from line {start_line}): a quoted "
+                    f"field is not closed (unterminated quote?); parsing broke at line "
+                    f"{self.line_number}"
+                ) from exc
             raise StepError(
                 f"{self.name}: row {self.row_number + 1}, line {self.line_number}: "
                 f"malformed CSV: {message}"
@@ -103,7 +109,7 @@ class CsvRows:
 
     def _read_header(self) -> list[str]:
         header = self._next_record()
-        if header is None:
+        if header is None or not any(h.strip() for h in header):
             raise StepError(f"{self.name}: the file is empty (expected a header row)")
         header = [h.strip() for h in header]
         if len(header) == 1:

@@ -50,10 +50,10 @@ def resolve_columns(header: list[str], config: DatasetConfig, source: str) -> di
         else:
             resolved[feature] = index
     for feature, candidates in missing:
-        role = "label" if feature == config.label.feature else "column"
+        role = "label" if feature == config.label.feature else "feature"
         shown = ", ".join(repr(h) for h in header[:20])
         raise StepError(
-            f"{source}: no {role} column for {feature!r} (looked for {list(candidates)}; "
+            f"{source}: no column for the {role} {feature!r} (looked for {list(candidates)}; "
             f"header has {shown}); map it under columns in the dataset config"
         )
     return resolved
@@ -134,9 +134,9 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
                 label = 0
             else:
                 dropped["blank_label" if not raw_label else "invalid_label"] += 1
-                if raw_label and (raw_label in dropped_values or
-                                  len(dropped_values) < MAX_DROPPED_VALUES):
-                    dropped_values[row[label_index].strip()[:40]] += 1
+                shown = row[label_index].strip()[:40]
+                if shown and (shown in dropped_values or len(dropped_values) < MAX_DROPPED_VALUES):
+                    dropped_values[shown] += 1
                 continue
             row_id = row[id_index].strip()
             if not row_id:
@@ -157,6 +157,11 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
     if rows_read == 0:
         raise StepError(f"{source}: the file has a header but no data rows")
     kept = {s: writers[s].rows for s in SPLITS}
+    if kept["train"] == 0 and kept["eval"]:
+        raise StepError(
+            f"{source}: all {kept['eval']} usable rows fell in the eval split; the data is too "
+            "small for the eval fraction (add rows or lower --eval-fraction)"
+        )
     if kept["train"] == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()))
         raise StepError(
