@@ -37,6 +37,30 @@ class ValidationThresholds:
 
 
 @dataclass(frozen=True)
+class PreprocessingSpec:
+    vocabulary_size: int = 200
+    vocabulary_sizes: dict[str, int] = field(default_factory=dict)
+    oov_buckets: int = 2
+    zip_prefix_digits: int = 3
+    zip_vocabulary_size: int = 1000
+    text_max_tokens: int = 20000
+    text_sequence_length: int = 256
+
+    def vocabulary_size_of(self, feature: str) -> int:
+        return int(self.vocabulary_sizes.get(feature, self.vocabulary_size))
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    decision_threshold: float = 0.5
+    slices: tuple[str, ...] = ()
+    min_slice_size: int = 30
+    counterfactual_sample: int = 300
+    thresholds: dict[str, float] = field(default_factory=lambda: {"auc": 0.6})
+    baseline_tolerance: dict[str, float] = field(default_factory=lambda: {"auc": 0.01})
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     name: str
     source: str
@@ -49,6 +73,8 @@ class DatasetConfig:
     eval_fraction: float = 0.1
     split_salt: str = ""
     validation: ValidationThresholds = field(default_factory=ValidationThresholds)
+    preprocessing: PreprocessingSpec = field(default_factory=PreprocessingSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -182,6 +208,11 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
     thresholds = ValidationThresholds(
         **{k: float(v) for k, v in validation_raw.items()}, no_distribution_checks=no_checks
     )
+    preprocessing = _section(raw, "preprocessing", PreprocessingSpec, source)
+    evaluation = _section(raw, "evaluation", EvaluationSpec, source)
+    for name in evaluation.slices:
+        if name not in seen:
+            raise StepError(f"{source}: evaluation.slices: {name!r} is not a feature")
     return DatasetConfig(
         name=str(raw.get("name") or "dataset"),
         source=source,
@@ -194,8 +225,41 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
         eval_fraction=check_eval_fraction(eval_fraction, f"{source}: split.eval_fraction"),
         split_salt=str(split_raw.get("salt") or ""),
         validation=thresholds,
+        preprocessing=preprocessing,
+        evaluation=evaluation,
         raw=raw,
     )
+
+
+def _section(raw: dict, key: str, cls, source: str):
+    """A typed config section: unknown keys and wrong types are errors naming the key."""
+    values = raw.get(key) or {}
+    if not isinstance(values, dict):
+        raise StepError(f"{source}: {key}: expected a mapping")
+    fields = cls.__dataclass_fields__
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise StepError(f"{source}: {key}: unknown key(s) {sorted(unknown)}")
+    defaults = cls()
+    parsed = {}
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        try:
+            if isinstance(default, dict):
+                if not isinstance(value, dict):
+                    raise TypeError
+                kind = int if all(isinstance(v, int) for v in default.values()) and default \
+                    else float
+                parsed[name] = {str(k): kind(v) for k, v in value.items()}
+            elif isinstance(default, tuple):
+                parsed[name] = _as_tuple(value, f"{source}: {key}.{name}")
+            else:
+                parsed[name] = type(default)(value)
+        except (TypeError, ValueError):
+            raise StepError(
+                f"{source}: {key}.{name}: expected {type(default).__name__}, got {value!r}"
+            ) from None
+    return cls(**parsed)
 
 
 def check_eval_fraction(value: float, where: str = "eval fraction") -> float:
