@@ -7,8 +7,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -16,6 +14,7 @@ from components.common import storage
 from components.common.dataset_config import DatasetConfig, check_eval_fraction
 from components.common.errors import StepError
 from components.common.examples import METADATA_FILE, SPLITS
+from components.common.staging import staged_output
 from components.ingest import split, versioning
 from components.ingest.csv_source import CsvRows
 from components.ingest.examples import ExampleEncoder, ShardedTFRecordWriter
@@ -59,26 +58,6 @@ def resolve_columns(header: list[str], config: DatasetConfig, source: str) -> di
     return resolved
 
 
-def _check_output(output: str) -> None:
-    if os.path.isfile(output):
-        raise StepError(f"{output}: output exists and is a file, expected a directory")
-    if os.path.isdir(output) and os.listdir(output):
-        raise StepError(
-            f"{output}: output directory is not empty; refusing to overwrite, choose a new one"
-        )
-
-
-def _publish(staging: str, output: str) -> None:
-    """Move the finished dataset into place, metadata.json last so it marks completeness."""
-    if not os.path.exists(output):
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        os.rename(staging, output)
-        return
-    for name in sorted(os.listdir(staging), key=lambda n: n == METADATA_FILE):
-        os.rename(os.path.join(staging, name), os.path.join(output, name))
-    os.rmdir(staging)
-
-
 def ingest(source: str, output: str, config: DatasetConfig,
            options: IngestOptions = IngestOptions()) -> dict:
     """Run ingestion; returns the metadata that is also written to `<output>/metadata.json`."""
@@ -86,17 +65,8 @@ def ingest(source: str, output: str, config: DatasetConfig,
         config.eval_fraction if options.eval_fraction is None else options.eval_fraction,
         "--eval-fraction",
     )
-    _check_output(output)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
-    os.chmod(staging, 0o755)
-    try:
+    with staged_output(output, last=METADATA_FILE) as staging:
         metadata = _ingest_to(source, staging, config, eval_fraction, options)
-        _publish(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return metadata
 
 

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from components.common.dataset_config import DatasetConfig
 from components.common.errors import StepError
 from components.common.examples import SPLITS, read_metadata, split_pattern
+from components.common.staging import staged_output
 
 log = logging.getLogger(__name__)
 STATS_FILE = "FeatureStats.pb"
@@ -181,23 +181,8 @@ def _measurements(proto) -> dict[str, dict]:
 def validate(examples: str, output: str, config: DatasetConfig, schema_path: str | None = None,
              baseline_examples: str | None = None) -> dict:
     """Write statistics, schema, anomalies, summary and report to `output`, all or nothing."""
-    if os.path.isdir(output) and os.listdir(output):
-        raise StepError(f"{output}: output directory is not empty; refusing to overwrite it")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
-    os.chmod(staging, 0o755)
-    try:
+    with staged_output(output, last=SUMMARY_FILE) as staging:
         summary = _validate_to(examples, staging, config, schema_path, baseline_examples)
-        if os.path.isdir(output):
-            for name in sorted(os.listdir(staging), key=lambda n: n == SUMMARY_FILE):
-                os.rename(os.path.join(staging, name), os.path.join(output, name))
-            os.rmdir(staging)
-        else:
-            os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 
