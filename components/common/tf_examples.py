@@ -36,8 +36,11 @@ def split_files(examples_dir: str, split: str) -> list[str]:
 
 
 def raw_dataset(examples_dir: str, split: str, config: DatasetConfig, batch_size: int,
-                with_label: bool = True):
-    """Batches of (raw feature dict, label) or raw feature dicts, streamed from gzip TFRecords."""
+                with_label: bool = True, shuffle_buffer: int = 0, seed: int | None = None):
+    """Batches of (raw feature dict, label) or raw feature dicts, streamed from gzip TFRecords.
+
+    With `shuffle_buffer`, records are shuffled (seeded, so runs repeat) before batching.
+    """
     import tensorflow as tf
 
     spec = feature_spec(config, with_label)
@@ -52,4 +55,6 @@ def raw_dataset(examples_dir: str, split: str, config: DatasetConfig, batch_size
 
     files = split_files(examples_dir, split)
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
     return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,1 @@
+"""Train step: a wide-and-deep Keras model over the transformed features, exported for serving."""
