@@ -1,0 +1,186 @@
+"""Preprocessing travels with the model: what training applied is exactly what serving applies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from components.common.dataset_config import load_dataset_config
+from components.common.errors import StepError
+from components.ingest.ingest import ingest
+from components.train.hparams import DEFAULTS, parse_hparams
+from components.train.train import train
+from components.transform.transform import load_transform, transform
+
+CONFIG = load_dataset_config()
+FAST = {"epochs": 2, "batch_size": 128, "hidden_units": [16], "embedding_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory):
+    """Generated complaints ingested, transformed and trained once for the module."""
+    from tests.conftest import run_cli
+
+    work = tmp_path_factory.mktemp("train")
+    result = run_cli("components.datagen", "--rows", "3000", "--seed", "5",
+                     "--out", str(work / "data.csv"))
+    assert result.returncode == 0, result.stderr
+    ingest(str(work / "data.csv"), str(work / "examples"), CONFIG)
+    transform(str(work / "examples"), str(work / "transform"), CONFIG)
+    info = train(str(work / "examples"), str(work / "transform"), str(work / "model"), CONFIG,
+                 parse_hparams(json.dumps(FAST)))
+    return work, info
+
+
+def raw_batch(examples_dir, n=64):
+    """Raw feature strings of eval examples, as the CSV had them ('' when blank)."""
+    from components.common.tf_examples import raw_dataset
+
+    features, labels = next(iter(raw_dataset(str(examples_dir), "eval", CONFIG, n)))
+    return {k: v for k, v in features.items()}, labels.numpy()
+
+
+def test_saved_model_on_raw_strings_equals_in_process_model(pipeline_dirs):
+    """serving_default takes the raw strings; its output is the trained model's on them."""
+    import keras
+    import tensorflow as tf
+
+    work, info = pipeline_dirs
+    raw, _ = raw_batch(work / "examples")
+    loaded = tf.saved_model.load(str(work / "model" / "model"))
+    served = loaded.signatures["serving_default"](**raw)["probability"].numpy()
+    assert served.shape == (64,)
+    assert np.all((served > 0) & (served < 1))
+
+    preprocessing, _ = load_transform(str(work / "transform"))
+    reloaded = keras.layers.TFSMLayer(str(work / "model" / "model"),
+                                      call_endpoint="serving_default")
+    again = reloaded(raw)["probability"].numpy()
+    np.testing.assert_allclose(served, again, rtol=1e-6)
+    ids = preprocessing(raw)
+    assert ids["product"].dtype == tf.int64 and ids["narrative"].shape[1] == \
+        CONFIG.preprocessing.text_sequence_length
+
+
+def test_tf_example_signature_agrees_with_raw_signature(pipeline_dirs):
+    import glob
+
+    import tensorflow as tf
+
+    work, _ = pipeline_dirs
+    files = sorted(glob.glob(str(work / "examples" / "eval" / "*.tfrecord.gz")))
+    serialized = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64)))
+    raw, _ = raw_batch(work / "examples")
+    loaded = tf.saved_model.load(str(work / "model" / "model"))
+    by_example = loaded.signatures["serving_tf_example"](examples=serialized)["probability"]
+    by_raw = loaded.signatures["serving_default"](**raw)["probability"]
+    np.testing.assert_allclose(by_example.numpy(), by_raw.numpy(), rtol=1e-6)
+
+
+def test_unseen_and_blank_values_are_served(pipeline_dirs):
+    """A category never seen in training, a masked ZIP and blanks get a prediction, not an error."""
+    import tensorflow as tf
+
+    work, _ = pipeline_dirs
+    loaded = tf.saved_model.load(str(work / "model" / "model"))
+    raw = {name: tf.constant(["", "never seen value"]) for name in CONFIG.feature_names}
+    raw["zip_code"] = tf.constant(["606XX", "24540-2342"])
+    out = loaded.signatures["serving_default"](**raw)["probability"].numpy()
+    assert out.shape == (2,) and np.all(np.isfinite(out))
+
+
+def test_serving_signature_rejects_a_missing_feature(pipeline_dirs):
+    import tensorflow as tf
+
+    work, _ = pipeline_dirs
+    loaded = tf.saved_model.load(str(work / "model" / "model"))
+    raw = {name: tf.constant(["x"]) for name in CONFIG.feature_names if name != "state"}
+    with pytest.raises(TypeError, match="state"):
+        loaded.signatures["serving_default"](**raw)
+
+
+def test_training_lineage_and_signatures(pipeline_dirs):
+    from components.common.registry import model_id_of
+
+    work, info = pipeline_dirs
+    saved = json.loads((work / "model" / "training.json").read_text())
+    assert saved["model_id"] == model_id_of(str(work / "model" / "model"))
+    assert saved["dataset_version"] == json.loads(
+        (work / "examples" / "metadata.json").read_text())["dataset_version"]
+    assert saved["preprocessing_hash"] == json.loads(
+        (work / "transform" / "transform.json").read_text())["preprocessing_hash"]
+    assert saved["hparams"] == {**DEFAULTS, **FAST}
+    assert set(saved["signatures"]) == {"serving_default", "serving_tf_example"}
+    assert set(saved["signatures"]["serving_default"]["inputs"]) == set(CONFIG.feature_names)
+    assert saved["signatures"]["serving_default"]["outputs"] == {"probability": "float32"}
+    assert 0.5 < saved["metrics"]["auc"] <= 1.0
+    assert (work / "model" / "logs").is_dir()
+
+
+def test_preprocessing_hash_tracks_data_config_and_is_deterministic(pipeline_dirs, tmp_path):
+    from tests.conftest import run_cli
+
+    work, _ = pipeline_dirs
+    first = json.loads((work / "transform" / "transform.json").read_text())
+    same = transform(str(work / "examples"), str(tmp_path / "same"), CONFIG)
+    assert same["preprocessing_hash"] == first["preprocessing_hash"]
+
+    smaller = dataclasses.replace(CONFIG, preprocessing=dataclasses.replace(
+        CONFIG.preprocessing, vocabulary_sizes={"issue": 10}))
+    changed_config = transform(str(work / "examples"), str(tmp_path / "cfg"), smaller)
+    assert changed_config["preprocessing_hash"] != first["preprocessing_hash"]
+    assert changed_config["vocabulary_sizes"]["issue"] == 10 + CONFIG.preprocessing.oov_buckets
+
+    run_cli("components.datagen", "--rows", "1500", "--seed", "6", "--out",
+            str(tmp_path / "other.csv"))
+    ingest(str(tmp_path / "other.csv"), str(tmp_path / "other"), CONFIG)
+    changed_data = transform(str(tmp_path / "other"), str(tmp_path / "data"), CONFIG)
+    assert changed_data["preprocessing_hash"] != first["preprocessing_hash"]
+
+
+def test_train_refuses_preprocessing_fitted_on_other_data(pipeline_dirs, tmp_path):
+    work, _ = pipeline_dirs
+    other = tmp_path / "other-transform"
+    other.mkdir()
+    for item in (work / "transform").iterdir():
+        target = other / item.name
+        if item.is_dir():
+            import shutil
+
+            shutil.copytree(item, target)
+        else:
+            target.write_bytes(item.read_bytes())
+    info = json.loads((other / "transform.json").read_text())
+    info["dataset_version"] = "ds-0000000000000000"
+    (other / "transform.json").write_text(json.dumps(info))
+    with pytest.raises(StepError, match="fitted on ds-0000000000000000"):
+        train(str(work / "examples"), str(other), str(tmp_path / "m"), CONFIG, parse_hparams(None))
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"learning_rate": 0.01, "layers": 3}', "unknown key"),
+    ("[1, 2]", "JSON object"),
+    ("{not json", "not valid JSON"),
+    ('{"dropout": 1.5}', "dropout"),
+])
+def test_bad_hparams_are_one_line_errors(text, message):
+    with pytest.raises(StepError, match=message):
+        parse_hparams(text)
+
+
+def test_cli_prints_katib_metrics_and_fails_fast_on_bad_hparams(pipeline_dirs, tmp_path, cli):
+    work, _ = pipeline_dirs
+    result = cli("components.train", "--examples", str(work / "examples"), "--transform",
+                 str(work / "transform"), "--output", str(tmp_path / "m"),
+                 "--hparams", '{"epochs": 1, "batch_size": 512, "hidden_units": [8]}')
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert 0.0 < float(lines["auc"]) <= 1.0 and "loss" in lines
+    bad = cli("components.train", "--examples", str(work / "examples"), "--transform",
+              str(work / "transform"), "--output", str(tmp_path / "m2"), "--hparams", '{"x": 1}')
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: train: --hparams: unknown key")
