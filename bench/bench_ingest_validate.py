@@ -192,13 +192,15 @@ def validate(examples: str, output: str, logs: str, workers: int) -> tuple[Run, 
         return run, json.load(handle)
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
+def machine(load_before: tuple[float, ...]) -> dict:
+    """What the figures were measured on; load averages show whether others used the CPUs."""
     with open("/proc/meminfo", encoding="ascii") as handle:
         total_kb = int(handle.readline().split()[1])
     return {"cpus": os.cpu_count(), "memory_gb": round(total_kb / (1 << 20), 1),
             "python": platform.python_version(), "platform": platform.platform(),
-            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+            "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def figure(name: str, value: float, unit: str, goal: str = "", digits: int = 1) -> dict:
@@ -294,6 +296,7 @@ def main(argv=None) -> int:
     logs = os.path.join(run_dir, "logs")
     os.makedirs(logs)
 
+    load_before = os.getloadavg()
     path, generated = ensure_data(workdir, args.rows, args.seed)
     source_bytes = os.path.getsize(path)
     print(f"data: {path} ({source_bytes / MB:.0f} MB, "
@@ -321,11 +324,14 @@ def main(argv=None) -> int:
         "validate_seconds_reported_by_step": {
             run.label: summary.get("seconds") for run, summary in validate_runs
         },
-        "machine": machine(), "figures": table,
+        "machine": machine(load_before), "figures": table,
     }
+    host = result["machine"]
     print()
-    print(f"{args.rows:,} rows, {source_bytes / MB:.0f} MB, {result['machine']['cpus']} CPUs, "
-          f"{result['machine']['memory_gb']} GB, {result['machine']['date']}")
+    print(f"{args.rows:,} rows, {source_bytes / MB:.0f} MB, {host['cpus']} CPUs, "
+          f"{host['memory_gb']} GB, {host['date']}, load average (1 min) "
+          f"{host['load_average_1_5_15_before'][0]} before, {host['load_average_1_5_15_after'][0]} "
+          "after (other work on the machine slows every figure)")
     print()
     print(markdown(table))
     json_path = os.path.join(workdir, "bench_ingest_validate.json")

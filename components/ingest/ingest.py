@@ -21,6 +21,7 @@ from components.ingest.examples import ExampleEncoder, ShardedTFRecordWriter
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 100_000
+ENCODE_BATCH = 8192
 MAX_DROPPED_VALUES = 20
 
 
@@ -29,7 +30,7 @@ class IngestOptions:
     eval_fraction: float | None = None  # None: the dataset config's split.eval_fraction
     store: str | None = None
     rows_per_shard: int = 250_000
-    compression_level: int = 6
+    compression_level: int = 1  # gzip level: 1 is ~3x faster than 6 for ~15% larger files
 
 
 def resolve_columns(header: list[str], config: DatasetConfig, source: str) -> dict[str, int]:
@@ -95,7 +96,8 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
             {f: columns[f] for f in config.features.get("numeric", ())},
             label_spec.feature, source, rows.header,
         )
-        started = time.monotonic()  # after TensorFlow's import: rates measure the data work
+        batches = {s: encoder.new_batch() for s in SPLITS}
+        started = time.monotonic()
         for row in rows:
             raw_label = row[label_index].strip().lower()
             if raw_label in positive:
@@ -114,12 +116,19 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
                 continue
             split_name = "eval" if split.is_eval(row_id, eval_fraction, config.split_salt) \
                 else "train"
-            writers[split_name].write(encoder.encode(row, label, rows.row_number))
+            batch = batches[split_name]
+            encoder.add(batch, row, label, rows.row_number)
+            if len(batch) >= ENCODE_BATCH:
+                writers[split_name].write(encoder.encode(batch))
+                batches[split_name] = encoder.new_batch()
             label_counts[split_name]["positive" if label else "negative"] += 1
             if rows.row_number % PROGRESS_EVERY == 0:
                 log.info("read %d rows (%.0f rows/s overall, %.1f MB)", rows.row_number,
                          rows.row_number / max(time.monotonic() - started, 1e-9),
                          rows.source.bytes_read / 1e6)
+        for split_name, batch in batches.items():
+            if len(batch):
+                writers[split_name].write(encoder.encode(batch))
         files = {s: writers[s].close() for s in SPLITS}
         rows_read = rows.row_number
         sha256_hex = rows.source.sha256.hexdigest()

@@ -1,0 +1,1 @@
+"""Model analysis and blessing: metrics, slices, fairness gaps, feature dependence, baseline."""

@@ -1,0 +1,104 @@
+"""`python -m components.evaluate`: model analysis and blessing (see README.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+
+
+def build_parser() -> StepArgumentParser:
+    parser = StepArgumentParser(
+        "evaluate",
+        description="Evaluate a trained model on the eval split: metrics, per-slice metrics and "
+                    "fairness gaps, feature dependence, comparison with a baseline model, and "
+                    "the blessing decision.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="train output (model/ + training.json) or a SavedModel directory")
+    parser.add_argument("--examples", required=True, help="output directory of the ingest step")
+    parser.add_argument("--output", required=True,
+                        help="directory for metrics.json, blessing.json and report.html "
+                             "(must be empty)")
+    parser.add_argument("--baseline-model", type=optional_str, default=None,
+                        help="model to compare with: a registry reference (<registry>/<name> "
+                             "for its current version, <registry>/<name>/<N>), a train output or "
+                             "a SavedModel directory; none: only absolute thresholds apply")
+    parser.add_argument("--thresholds", type=optional_str, default=None,
+                        help="YAML with thresholds and/or baseline_tolerance replacing the "
+                             "dataset config's evaluation section ones")
+    parser.add_argument("--dataset-config", type=optional_str, default=None,
+                        help="dataset config YAML (path, s3:// URI or built-in name; default cfpb)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the counterfactual sample (default 0)")
+    parser.add_argument("--metrics", type=optional_str, default=None,
+                        help="also write the scalar metrics as JSON here (the KFP Metrics file)")
+    parser.add_argument("--classification-metrics", type=optional_str, default=None,
+                        help="also write ROC points and the confusion matrix as JSON here "
+                             "(the KFP ClassificationMetrics file)")
+    parser.add_argument("--report", type=optional_str, default=None,
+                        help="also copy report.html to this file (the KFP HTML artifact)")
+    add_executor_input(parser)
+    return parser
+
+
+def _write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from components.common.dataset_config import load_dataset_config
+    from components.common.kfp_executor import ExecutorIO
+    from components.evaluate.analysis import scalar_metrics
+    from components.evaluate.blessing import one_line
+    from components.evaluate.evaluate import REPORT_FILE, evaluate
+
+    executor = ExecutorIO(args.executor_input)
+    config = load_dataset_config(args.dataset_config)
+    result = evaluate(args.model, args.examples, args.output, config,
+                      baseline_ref=args.baseline_model, thresholds_path=args.thresholds,
+                      seed=args.seed)
+    metrics, blessing = result["metrics"], result["blessing"]
+    scalars = {**scalar_metrics(metrics["overall"]), "eval_examples": metrics["eval_examples"]}
+    for feature, entry in metrics["slices"].items():
+        for metric, gap in entry["fairness"].items():
+            if gap["gap"] is not None:
+                scalars[f"{metric}_gap_{feature}"] = gap["gap"]
+    if metrics["baseline"]:
+        scalars.update({f"baseline_{k}": v
+                        for k, v in scalar_metrics(metrics["baseline"]["overall"]).items()})
+    if args.metrics:
+        _write_json(args.metrics, scalars)
+    if args.classification_metrics:
+        _write_json(args.classification_metrics, result["classification_metrics"])
+    if args.report:
+        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+        shutil.copyfile(os.path.join(args.output, REPORT_FILE), args.report)
+
+    baseline = blessing["baseline"]
+    executor.artifact("evaluation", {
+        "blessed": blessing["blessed"],
+        "auc": metrics["overall"]["auc"] if metrics["overall"]["auc"] is not None else "",
+        "model_id": blessing["model_id"],
+        "dataset_version": blessing["dataset_version"] or "",
+        "baseline_version": baseline["version"] if baseline["version"] is not None else "",
+        "baseline_model_id": baseline["model_id"] or "",
+    })
+    executor.artifact("metrics", scalars)
+    executor.artifact("classification_metrics", result["classification_metrics"])
+    executor.artifact("report", {"blessed": blessing["blessed"]})
+    executor.parameter("blessed", blessing["blessed"])
+    executor.write()
+    decision = {"blessed": blessing["blessed"], "reasons": blessing["reasons"]}
+    print(one_line(decision), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("evaluate", main))

@@ -1,0 +1,53 @@
+"""`python -m components.push`: publish a blessed model to the registry (see README.md)."""
+
+from __future__ import annotations
+
+import sys
+
+from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+
+
+def build_parser() -> StepArgumentParser:
+    parser = StepArgumentParser(
+        "push",
+        description="Publish a blessed model as the next version <N> of <model-name> in the model "
+                    "registry (a directory or s3://bucket/prefix), atomically, with its lineage "
+                    "and a semantic version; an unblessed model is skipped (exit 0).",
+    )
+    parser.add_argument("--model", required=True,
+                        help="output directory of the train step (model/ and training.json)")
+    parser.add_argument("--evaluation", required=True,
+                        help="output directory of the evaluate step (blessing.json, metrics.json)")
+    parser.add_argument("--registry", required=True,
+                        help="model registry: a directory or s3://bucket/prefix")
+    parser.add_argument("--model-name", required=True,
+                        help="the model's name in the registry (one path segment, e.g. "
+                             "cfpb-dispute); TF Serving serves <registry>/<model-name>")
+    parser.add_argument("--pushed-model", type=optional_str, default=None, metavar="FILE",
+                        help="also write the result (push.json) to this file (the KFP "
+                             "pushed_model artifact)")
+    add_executor_input(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from components.common.kfp_executor import ExecutorIO
+    from components.push.push import push, write_result
+
+    executor = ExecutorIO(args.executor_input)
+    result = push(args.model, args.evaluation, args.registry, args.model_name)
+    if args.pushed_model:
+        write_result(args.pushed_model, result)
+    executor.artifact("pushed_model", {
+        key: result[key]
+        for key in ("pushed", "status", "version", "semver", "uri", "model_id", "model_name")
+    })
+    executor.parameter("pushed", result["pushed"])
+    executor.parameter("model_version", result["version"])
+    executor.write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("push", main))
