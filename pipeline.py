@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 COMPONENTS = ROOT / "components"
 PIPELINE_NAME = "cfpb-continuous-training"
-STEPS = ("ingest", "validate")
+STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push")
 
 # Where the steps find MinIO on a cluster: KFP's own MinIO and its credentials Secret by default.
 S3_ENDPOINT_URL = "http://minio-service.kubeflow:9000"
@@ -45,7 +45,9 @@ def build_pipeline(s3_endpoint_url: str = S3_ENDPOINT_URL, s3_secret: str | None
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="New data in: ingest and version it, then validate it with TFDV.",
+        description="New data in: ingest and version it, validate it (TFDV), fit the "
+                    "preprocessing, train, analyse and bless the model against the current one, "
+                    "and publish it as a new registry version.",
     )
     def training_pipeline(
         source: str,
@@ -54,6 +56,10 @@ def build_pipeline(s3_endpoint_url: str = S3_ENDPOINT_URL, s3_secret: str | None
         data_store: str = "s3://mlpipeline/cfpb/datasets",
         schema: str = "",
         fail_on_anomalies: bool = True,
+        hparams: str = "{}",
+        thresholds: str = "",
+        registry: str = "s3://mlpipeline/cfpb/models",
+        model_name: str = "cfpb-disputes",
     ):
         ingest = with_storage_access(steps["ingest"](
             source=source, dataset_config=dataset_config, eval_fraction=eval_fraction,
@@ -65,6 +71,23 @@ def build_pipeline(s3_endpoint_url: str = S3_ENDPOINT_URL, s3_secret: str | None
             fail_on_anomalies=fail_on_anomalies,
         ))
         validate.set_display_name("Validate data (TFDV)")
+        transform = with_storage_access(steps["transform"](
+            examples=ingest.outputs["examples"], dataset_config=dataset_config))
+        transform.set_display_name("Fit preprocessing")
+        transform.after(validate)  # anomalous data stops the run before any model work
+        train = with_storage_access(steps["train"](
+            examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
+            hparams=hparams, dataset_config=dataset_config))
+        train.set_display_name("Train model")
+        evaluate = with_storage_access(steps["evaluate"](
+            model=train.outputs["model"], examples=ingest.outputs["examples"],
+            baseline_model=f"{registry}/{model_name}", thresholds=thresholds,
+            dataset_config=dataset_config))
+        evaluate.set_display_name("Analyse and bless model")
+        push = with_storage_access(steps["push"](
+            model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+            registry=registry, model_name=model_name))
+        push.set_display_name("Publish to model registry (if blessed)")
 
     return training_pipeline
 

@@ -30,7 +30,7 @@ def test_pipeline_compiles_and_loads_back(compiled):
     docs = list(yaml.safe_load_all(compiled.read_text()))
     spec = docs[0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"ingest", "validate"}
+    assert set(tasks) == set(pipeline.STEPS)
     validate_inputs = tasks["validate"]["inputs"]["artifacts"]
     assert validate_inputs["examples"]["taskOutputArtifact"] == {
         "outputArtifactKey": "examples", "producerTask": "ingest"}

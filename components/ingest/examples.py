@@ -38,43 +38,65 @@ class ColumnBatch:
     """Rows of one split, held as columns until they are encoded together."""
 
     def __init__(self, width: int):
-        self.columns: list[list[str]] = [[] for _ in range(width)]
+        self.columns: list[list] = [[] for _ in range(width)]
         self.labels: list[int] = []
-        self.row_numbers: list[int] = []
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-class ExampleEncoder:
-    """Encodes a ColumnBatch into serialized tf.Examples: raw strings, no feature engineering.
-
-    Blank values are left out (absent = missing, which is how TFDV counts missingness);
-    numeric features become float_list, the label int64 0/1.
-    """
+class RowCollector:
+    """Gathers rows into column batches, checking values a person must fix (with row/column)."""
 
     def __init__(self, string_columns: dict[str, int], numeric_columns: dict[str, int],
-                 label_feature: str, source_name: str, header: list[str]):
-        from tfx_bsl.coders import example_coder
-
-        self._encoder = example_coder.RecordBatchToExamplesEncoder()
-        self.names = [*string_columns, *numeric_columns]
-        self.indices = [*string_columns.values(), *numeric_columns.values()]
-        self._numeric = set(numeric_columns)
-        self._label = label_feature
+                 source_name: str, header: list[str]):
+        self.string_names = list(string_columns)
+        self.numeric_names = list(numeric_columns)
+        self._strings = list(string_columns.values())
+        self._numerics = list(numeric_columns.values())
         self._source_name = source_name
         self._header = header
 
     def new_batch(self) -> ColumnBatch:
-        return ColumnBatch(len(self.indices))
+        return ColumnBatch(len(self._strings) + len(self._numerics))
 
     def add(self, batch: ColumnBatch, row: list[str], label: int, row_number: int) -> None:
-        for column, index in zip(batch.columns, self.indices, strict=True):
-            column.append(row[index])
+        columns = batch.columns
+        for i, index in enumerate(self._strings):
+            columns[i].append(row[index])
+        offset = len(self._strings)
+        for j, index in enumerate(self._numerics):
+            text = row[index].strip()
+            value = None
+            if text:
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise StepError(
+                        f"{self._source_name}: row {row_number}, column "
+                        f"{self._header[index]!r}: {text[:40]!r} is not a number"
+                    ) from None
+            columns[offset + j].append(value)
         batch.labels.append(label)
-        batch.row_numbers.append(row_number)
 
-    def _strings(self, values: list[str]):
+
+class BatchEncoder:
+    """Encodes a ColumnBatch into serialized tf.Examples: raw strings, no feature engineering.
+
+    Blank values carry no value (a missing feature to TensorFlow's parser and to TFDV);
+    numeric features become float_list, the label int64 0/1.
+    """
+
+    def __init__(self, string_names: list[str], numeric_names: list[str], label_feature: str):
+        from tfx_bsl.coders import example_coder
+
+        self._encoder = example_coder.RecordBatchToExamplesEncoder()
+        self._string_names = string_names
+        self._numeric_names = numeric_names
+        self._label = label_feature
+
+    @staticmethod
+    def _strings(values: list[str]):
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -86,43 +108,29 @@ class ExampleEncoder:
         np.cumsum(present.to_numpy(zero_copy_only=False), out=offsets[1:])
         return pa.ListArray.from_arrays(pa.array(offsets), kept, mask=pc.invert(present))
 
-    def _numbers(self, name: str, values: list[str], rows: list[int]):
+    @staticmethod
+    def _numbers(values: list[float | None]):
         import numpy as np
         import pyarrow as pa
 
-        numbers = []
-        for value, row_number in zip(values, rows, strict=True):
-            text = value.strip()
-            if not text:
-                continue
-            try:
-                numbers.append(float(text))
-            except ValueError:
-                column = self._header[self.indices[self.names.index(name)]]
-                raise StepError(
-                    f"{self._source_name}: row {row_number}, column {column!r}: "
-                    f"{text[:40]!r} is not a number"
-                ) from None
-        present = np.array([bool(v.strip()) for v in values])
+        present = np.array([v is not None for v in values], dtype=bool)
         offsets = np.zeros(len(values) + 1, dtype=np.int32)
         np.cumsum(present, out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(numbers, type=pa.float32()),
-                                        mask=pa.array(~present))
+        numbers = pa.array([v for v in values if v is not None], type=pa.float32())
+        return pa.ListArray.from_arrays(pa.array(offsets), numbers, mask=pa.array(~present))
 
     def encode(self, batch: ColumnBatch) -> list[bytes]:
         import numpy as np
         import pyarrow as pa
 
-        arrays = [
-            self._numbers(name, column, batch.row_numbers) if name in self._numeric
-            else self._strings(column)
-            for name, column in zip(self.names, batch.columns, strict=True)
-        ]
+        width = len(self._string_names)
+        arrays = [self._strings(c) for c in batch.columns[:width]]
+        arrays += [self._numbers(c) for c in batch.columns[width:]]
         labels = np.asarray(batch.labels, dtype=np.int64)
         arrays.append(pa.ListArray.from_arrays(
             pa.array(np.arange(len(labels) + 1, dtype=np.int32)), pa.array(labels)))
-        record_batch = pa.RecordBatch.from_arrays(arrays, [*self.names, self._label])
-        return self._encoder.encode(record_batch)
+        names = [*self._string_names, *self._numeric_names, self._label]
+        return self._encoder.encode(pa.RecordBatch.from_arrays(arrays, names))
 
 
 class ShardedTFRecordWriter:
@@ -178,3 +186,64 @@ class ShardedTFRecordWriter:
     def close(self) -> list[str]:
         self._close_shard()
         return self.files
+
+
+def _encode_and_write(batches, results, encoder_args: tuple, writer_args: dict) -> None:
+    """The writer process: encode each submitted batch and append it to its split's shards."""
+    try:
+        encoder = BatchEncoder(*encoder_args)
+        writers = {split: ShardedTFRecordWriter(*args) for split, args in writer_args.items()}
+        while (item := batches.get()) is not None:
+            split, batch = item
+            writers[split].write(encoder.encode(batch))
+        results.put({split: (w.close(), w.rows) for split, w in writers.items()})
+    except BaseException as exc:  # report to the parent, which raises it as its own failure
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+class ExampleWriterProcess:
+    """Encoding and compression in a second process, overlapping with CSV parsing.
+
+    The queue is bounded, so at most a few batches wait in memory whatever the file size.
+    """
+
+    def __init__(self, encoder_args: tuple, writer_args: dict, max_pending: int = 4):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._batches = context.Queue(maxsize=max_pending)
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_encode_and_write, name="ingest-writer", daemon=True,
+            args=(self._batches, self._results, encoder_args, writer_args),
+        )
+        self._process.start()
+
+    def submit(self, split: str, batch: ColumnBatch) -> None:
+        while True:
+            try:
+                self._batches.put((split, batch), timeout=1.0)
+                return
+            except Exception:  # queue.Full: the writer is behind, or it died
+                if not self._process.is_alive():
+                    self._raise_failure()
+
+    def close(self) -> dict[str, tuple[list[str], int]]:
+        self._batches.put(None)
+        result = self._results.get()
+        self._process.join()
+        if "error" in result:
+            raise RuntimeError(f"ingest writer process failed: {result['error']}")
+        return result
+
+    def _raise_failure(self) -> None:
+        try:
+            result = self._results.get(timeout=1.0)
+        except Exception:
+            result = {"error": f"exit code {self._process.exitcode}"}
+        raise RuntimeError(f"ingest writer process failed: {result.get('error')}")
+
+    def abort(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()

@@ -17,7 +17,7 @@ from components.common.examples import METADATA_FILE, SPLITS
 from components.common.staging import staged_output
 from components.ingest import split, versioning
 from components.ingest.csv_source import CsvRows
-from components.ingest.examples import ExampleEncoder, ShardedTFRecordWriter
+from components.ingest.examples import ExampleWriterProcess, RowCollector
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 100_000
@@ -79,63 +79,66 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
     dropped: collections.Counter[str] = collections.Counter()
     dropped_values: collections.Counter[str] = collections.Counter()
     label_counts = {s: {"positive": 0, "negative": 0} for s in SPLITS}
-    writers = {
-        s: ShardedTFRecordWriter(os.path.join(staging, s), s, options.rows_per_shard,
-                                 options.compression_level)
-        for s in SPLITS
-    }
     with storage.open_read(source) as stream:
         rows = CsvRows(stream, source, config.delimiter, config.max_field_bytes)
         columns = resolve_columns(rows.header, config, source)
         label_index = columns[label_spec.feature]
         id_index = columns[config.id_feature]
-        string_features = [*config.feature_names, config.id_feature]
-        numeric = set(config.features.get("numeric", ()))
-        encoder = ExampleEncoder(
-            {f: columns[f] for f in string_features if f not in numeric},
-            {f: columns[f] for f in config.features.get("numeric", ())},
-            label_spec.feature, source, rows.header,
+        numeric = list(config.features.get("numeric", ()))
+        strings = [f for f in [*config.feature_names, config.id_feature] if f not in numeric]
+        collector = RowCollector({f: columns[f] for f in strings},
+                                 {f: columns[f] for f in numeric}, source, rows.header)
+        writer = ExampleWriterProcess(
+            (strings, numeric, label_spec.feature),
+            {s: (os.path.join(staging, s), s, options.rows_per_shard, options.compression_level)
+             for s in SPLITS},
         )
-        batches = {s: encoder.new_batch() for s in SPLITS}
+        batches = {s: collector.new_batch() for s in SPLITS}
         started = time.monotonic()
-        for row in rows:
-            raw_label = row[label_index].strip().lower()
-            if raw_label in positive:
-                label = 1
-            elif raw_label in negative:
-                label = 0
-            else:
-                dropped["blank_label" if not raw_label else "invalid_label"] += 1
-                shown = row[label_index].strip()[:40]
-                if shown and (shown in dropped_values or len(dropped_values) < MAX_DROPPED_VALUES):
-                    dropped_values[shown] += 1
-                continue
-            row_id = row[id_index].strip()
-            if not row_id:
-                dropped["missing_id"] += 1
-                continue
-            split_name = "eval" if split.is_eval(row_id, eval_fraction, config.split_salt) \
-                else "train"
-            batch = batches[split_name]
-            encoder.add(batch, row, label, rows.row_number)
-            if len(batch) >= ENCODE_BATCH:
-                writers[split_name].write(encoder.encode(batch))
-                batches[split_name] = encoder.new_batch()
-            label_counts[split_name]["positive" if label else "negative"] += 1
-            if rows.row_number % PROGRESS_EVERY == 0:
-                log.info("read %d rows (%.0f rows/s overall, %.1f MB)", rows.row_number,
-                         rows.row_number / max(time.monotonic() - started, 1e-9),
-                         rows.source.bytes_read / 1e6)
-        for split_name, batch in batches.items():
-            if len(batch):
-                writers[split_name].write(encoder.encode(batch))
-        files = {s: writers[s].close() for s in SPLITS}
+        try:
+            for row in rows:
+                raw_label = row[label_index].strip().lower()
+                if raw_label in positive:
+                    label = 1
+                elif raw_label in negative:
+                    label = 0
+                else:
+                    dropped["blank_label" if not raw_label else "invalid_label"] += 1
+                    shown = row[label_index].strip()[:40]
+                    if shown and (shown in dropped_values
+                                  or len(dropped_values) < MAX_DROPPED_VALUES):
+                        dropped_values[shown] += 1
+                    continue
+                row_id = row[id_index].strip()
+                if not row_id:
+                    dropped["missing_id"] += 1
+                    continue
+                split_name = "eval" if split.is_eval(row_id, eval_fraction, config.split_salt) \
+                    else "train"
+                batch = batches[split_name]
+                collector.add(batch, row, label, rows.row_number)
+                if len(batch) >= ENCODE_BATCH:
+                    writer.submit(split_name, batch)
+                    batches[split_name] = collector.new_batch()
+                label_counts[split_name]["positive" if label else "negative"] += 1
+                if rows.row_number % PROGRESS_EVERY == 0:
+                    log.info("read %d rows (%.0f rows/s overall, %.1f MB)", rows.row_number,
+                             rows.row_number / max(time.monotonic() - started, 1e-9),
+                             rows.source.bytes_read / 1e6)
+            for split_name, batch in batches.items():
+                if len(batch):
+                    writer.submit(split_name, batch)
+            written = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         rows_read = rows.row_number
         sha256_hex = rows.source.sha256.hexdigest()
         source_bytes = rows.source.bytes_read
     if rows_read == 0:
         raise StepError(f"{source}: the file has a header but no data rows")
-    kept = {s: writers[s].rows for s in SPLITS}
+    files = {s: written[s][0] for s in SPLITS}
+    kept = {s: written[s][1] for s in SPLITS}
     if kept["train"] == 0 and kept["eval"]:
         raise StepError(
             f"{source}: all {kept['eval']} usable rows fell in the eval split; the data is too "
