@@ -51,14 +51,25 @@ compile: $(VENV_SDK)/.synced  ## compile the pipeline package to pipeline.yaml
 $(SAMPLE): | $(VENV)/.synced
 	$(RUN) -m components.datagen --rows $(ROWS) --seed $(SEED) --out $@
 
-# Until the step images exist, the local run chains the steps' CLIs as plain processes.
-run-local: $(VENV)/.synced $(SAMPLE)  ## ingest + validate the generated sample locally, no cluster
+# Until the step images exist, the local run chains the steps' CLIs as plain processes; the
+# data store and the model registry persist under local_runs/ between runs.
+MODEL_NAME ?= cfpb-disputes
+HPARAMS ?= {}
+run-local: $(VENV)/.synced $(SAMPLE)  ## ingest, validate, transform, train, evaluate, push the sample
 	@run=$(LOCAL)/runs/$$(date +%Y%m%d-%H%M%S); set -e; \
 	$(RUN) -m components.ingest --source $(SAMPLE) --output $$run/examples --store $(LOCAL)/store; \
 	$(RUN) -m components.validate --examples $$run/examples --output $$run/validation; \
+	$(RUN) -m components.transform --examples $$run/examples --output $$run/transform; \
+	$(RUN) -m components.train --examples $$run/examples --transform $$run/transform \
+	  --output $$run/model --hparams '$(HPARAMS)'; \
+	$(RUN) -m components.evaluate --model $$run/model --examples $$run/examples \
+	  --output $$run/evaluation --baseline-model $(LOCAL)/registry/$(MODEL_NAME); \
+	$(RUN) -m components.push --model $$run/model --evaluation $$run/evaluation \
+	  --registry $(LOCAL)/registry --model-name $(MODEL_NAME); \
 	ln -sfn $$(realpath $$run) $(LOCAL)/latest; \
 	echo "run: $$run (latest: $(LOCAL)/latest)"; \
-	echo "validation report: $$run/validation/report.html"
+	echo "reports: $$run/validation/report.html $$run/evaluation/report.html"; \
+	echo "registry: $(LOCAL)/registry/$(MODEL_NAME)/index.json"
 
 bench: $(VENV)/.synced  ## benchmarks (prints figures; see bench/README.md)
 	$(RUN) bench/bench_ingest_validate.py

@@ -54,7 +54,7 @@ class Run:
     label: str
     seconds: float  # wall time, from spawn to exit
     peak_rss: int  # bytes: the largest single process in the child's tree (kernel-accounted)
-    peak_tree_rss: int  # bytes: largest sampled sum of RSS over the child and its descendants
+    peak_tree: int  # bytes: largest sampled sum of PSS over the child and its descendants
     returncode: int
     log: str
 
@@ -80,15 +80,20 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _rss(pid: int) -> int:
-    """Current resident set size of one process in bytes (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+def _memory(pid: int) -> int:
+    """Current memory of one process in bytes: PSS, else RSS (0 if the process is gone).
+
+    PSS (proportional set size) splits shared pages between the processes sharing them, so a
+    sum over forked workers counts the pages they share once, as the container's limit does.
+    """
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path, encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith(key):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            continue
     return 0
 
 
@@ -100,7 +105,8 @@ def measure(label: str, command: list[str], log_path: str, env: dict | None = No
     waited for. Unlike RUSAGE_CHILDREN it is per child, so several runs in one benchmark do not
     mix, and unlike polling VmHWM it cannot miss a short spike or the value lost at exit. It
     needs no `/usr/bin/time`. It is the peak of the largest single process, though, so for
-    Beam's multi-process workers we also sample the summed RSS of the whole tree every 0.2 s.
+    steps that fork workers (ingest's writer, Beam's multi_processing) we also sample the
+    summed PSS of the whole process tree every 0.2 s: what the pod's memory limit sees.
     """
     with open(log_path, "w", encoding="utf-8") as log:
         started = time.perf_counter()
@@ -112,7 +118,7 @@ def measure(label: str, command: list[str], log_path: str, env: dict | None = No
         def sample() -> None:
             nonlocal tree_peak
             while not done.wait(0.2):
-                tree_peak = max(tree_peak, sum(_rss(p) for p in _descendants(child.pid)))
+                tree_peak = max(tree_peak, sum(_memory(p) for p in _descendants(child.pid)))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -192,6 +198,20 @@ def validate(examples: str, output: str, logs: str, workers: int) -> tuple[Run, 
         return run, json.load(handle)
 
 
+def code_version() -> str:
+    """The commit the steps ran from, `+dirty` when components/ has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "components")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine(load_before: tuple[float, ...]) -> dict:
     """What the figures were measured on; load averages show whether others used the CPUs."""
     with open("/proc/meminfo", encoding="ascii") as handle:
@@ -236,7 +256,8 @@ def build_table(source_bytes: int, csv_run: Run, csv_seconds: float, tf_run: Run
         figure("csv baseline: read time (in process)", csv_seconds, "s"),
         figure("csv baseline: rows/s", rows / csv_seconds, "rows/s", digits=0),
         figure("csv baseline: peak RSS", csv_run.peak_rss / MIB, "MiB"),
-        figure("tf import alone (python -c 'import tensorflow')", tf_run.seconds, "s"),
+        figure("tf import alone (start-up of any step importing TensorFlow)", tf_run.seconds,
+               "s"),
         figure("ingest: wall time", ingest_run.seconds, "s"),
         figure("ingest: rows/s (rows read / wall time)", rows / ingest_run.seconds, "rows/s",
                digits=0),
@@ -253,16 +274,19 @@ def build_table(source_bytes: int, csv_run: Run, csv_seconds: float, tf_run: Run
             figure("ingest: steady time for all rows / csv read time",
                    rows / steady / csv_seconds, "x", "(reference)", digits=2),
         ]
-    table.append(figure("ingest: peak RSS", ingest_run.peak_rss / MIB, "MiB",
-                        f"< {INGEST_MEMORY_GOAL / MIB:g} MiB"))
+    table += [
+        figure("ingest: peak RSS, largest process", ingest_run.peak_rss / MIB, "MiB"),
+        figure("ingest: peak memory, all processes (sampled PSS)", ingest_run.peak_tree / MIB,
+               "MiB", f"< {INGEST_MEMORY_GOAL / MIB:g} MiB"),
+    ]
     for run, summary in validate_runs:
         table += [
             figure(f"{run.label}: wall time", run.seconds, "s"),
             figure(f"{run.label}: rows/s", summary["rows"]["kept"] / run.seconds, "rows/s",
                    digits=0),
             figure(f"{run.label}: peak RSS, largest process", run.peak_rss / MIB, "MiB"),
-            figure(f"{run.label}: peak RSS, all processes (sampled)", run.peak_tree_rss / MIB,
-                   "MiB"),
+            figure(f"{run.label}: peak memory, all processes (sampled PSS)",
+                   run.peak_tree / MIB, "MiB"),
         ]
     return table
 
@@ -296,7 +320,7 @@ def main(argv=None) -> int:
     logs = os.path.join(run_dir, "logs")
     os.makedirs(logs)
 
-    load_before = os.getloadavg()
+    load_before, code_before = os.getloadavg(), code_version()
     path, generated = ensure_data(workdir, args.rows, args.seed)
     source_bytes = os.path.getsize(path)
     print(f"data: {path} ({source_bytes / MB:.0f} MB, "
@@ -324,12 +348,14 @@ def main(argv=None) -> int:
         "validate_seconds_reported_by_step": {
             run.label: summary.get("seconds") for run, summary in validate_runs
         },
-        "machine": machine(load_before), "figures": table,
+        "code": code_before, "machine": machine(load_before), "figures": table,
     }
+    if code_version() != code_before:
+        result["code"] = f"changed during the run: {code_before} -> {code_version()}"
     host = result["machine"]
     print()
     print(f"{args.rows:,} rows, {source_bytes / MB:.0f} MB, {host['cpus']} CPUs, "
-          f"{host['memory_gb']} GB, {host['date']}, load average (1 min) "
+          f"{host['memory_gb']} GB, {host['date']}, code {result['code']}, load average (1 min) "
           f"{host['load_average_1_5_15_before'][0]} before, {host['load_average_1_5_15_after'][0]} "
           "after (other work on the machine slows every figure)")
     print()

@@ -29,7 +29,8 @@ def setup_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
+    warnings.filterwarnings("ignore", message=".*Google will stop supporting.*",
+                            category=FutureWarning)
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

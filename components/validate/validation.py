@@ -50,11 +50,12 @@ def _stats_options(config: DatasetConfig, schema=None):
 
 
 def _beam_options():
-    """Beam's DirectRunner in-process; named explicitly so Beam does not try to download Prism."""
+    """Beam's FnApiRunner in-process: the DirectRunner would first try to download Prism."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     workers = int(os.environ.get("BEAM_DIRECT_NUM_WORKERS", "1"))
-    return PipelineOptions(runner="DirectRunner", direct_num_workers=workers,
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # our own lines say the rates
+    return PipelineOptions(flags=[], runner="FnApiRunner", direct_num_workers=workers,
                            direct_running_mode="in_memory" if workers == 1 else "multi_processing")
 
 
