@@ -16,7 +16,7 @@ SEED ?= 42
 LOCAL := local_runs
 SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
 
-.PHONY: uv help venv test test-runtime test-sdk lint compile run-local bench clean
+.PHONY: uv help venv test test-runtime test-sdk lint compile run-local bench bench-model clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -71,8 +71,11 @@ run-local: $(VENV)/.synced $(SAMPLE)  ## ingest, validate, transform, train, eva
 	echo "reports: $$run/validation/report.html $$run/evaluation/report.html"; \
 	echo "registry: $(LOCAL)/registry/$(MODEL_NAME)/index.json"
 
-bench: $(VENV)/.synced  ## benchmarks (prints figures; see bench/README.md)
+bench: $(VENV)/.synced  ## ingest/validate figures on 1,000,000 rows (see bench/README.md)
 	$(RUN) bench/bench_ingest_validate.py
+
+bench-model: $(VENV)/.synced  ## training figures on 100,000 rows, AUC vs a TF-IDF baseline
+	$(RUN) bench/bench_model.py
 
 clean:  ## remove environments and local runs
 	rm -rf $(VENV) $(VENV_SDK) $(LOCAL) pipeline.yaml

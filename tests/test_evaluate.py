@@ -553,16 +553,10 @@ def test_resolve_baseline_local_dirs(good_model):
     assert info["version"] is None and info["uri"] == good_model
 
 
-def test_without_the_registry_module_local_dirs_still_work(good_model, tmp_path, monkeypatch):
-    import sys
-
-    with_registry = compute_model_id(os.path.join(good_model, "model"))
-    monkeypatch.setitem(sys.modules, "components.common.registry", None)  # as if not installed
-    saved_model, info = resolve_baseline(good_model)
-    assert saved_model == os.path.join(good_model, "model")
-    assert info["model_id"] == with_registry  # the same model_id recipe
-    with pytest.raises(StepError, match="--baseline-model not found"):
-        resolve_baseline(str(tmp_path / "nope"))
+def test_a_registry_that_does_not_exist_yet_means_no_baseline(tmp_path):
+    """The first run of a pipeline points at a registry nobody has pushed to yet."""
+    saved_model, info = resolve_baseline(str(tmp_path / "registry" / "cfpb"))
+    assert saved_model is None and "no blessed version" in info["note"]
 
 
 def test_a_registry_version_takes_its_id_from_the_index(good_model, tmp_path):

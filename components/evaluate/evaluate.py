@@ -10,7 +10,6 @@ counterfactual flips. Outputs are staged beside `<output>` and moved into place 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -50,38 +49,11 @@ SIGNATURE_TOLERANCE = 1e-4  # max |p(serving_default) - p(serving_tf_example)| o
 # ------------------------------------------------------------------------------------------
 
 
-def _registry():
-    """components.common.registry when it is installed (it is being written alongside)."""
-    import importlib
-
-    try:
-        return importlib.import_module("components.common.registry")
-    except ModuleNotFoundError as exc:
-        if exc.name != "components.common.registry":
-            raise
-        return None
-
-
 def compute_model_id(saved_model_dir: str) -> str:
-    """The model_id of a SavedModel directory: the registry's definition (`model_id_of`), so
-    train, evaluate and push agree; without the registry, the same recipe (sha256 over each
-    file's relative path, size and bytes in path order, first 16 hex digits)."""
-    registry = _registry()
-    if registry is not None and hasattr(registry, "model_id_of"):
-        return registry.model_id_of(saved_model_dir)
-    digest = hashlib.sha256()
-    files = []
-    for root, _dirs, names in os.walk(saved_model_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            files.append((os.path.relpath(path, saved_model_dir).replace(os.sep, "/"), path))
-    for relative, path in sorted(files):
-        digest.update(relative.encode("utf-8") + b"\0")
-        digest.update(os.path.getsize(path).to_bytes(8, "big"))
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """The registry's definition of model_id, so train, evaluate and push agree."""
+    from components.common.registry import model_id_of
+
+    return model_id_of(saved_model_dir)
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -152,16 +124,13 @@ def describe_local_model(path: str, role: str) -> tuple[str, dict]:
 def resolve_baseline(ref: str, download_dir: str | None = None) -> tuple[str | None, dict]:
     """A baseline reference -> (local SavedModel dir, or None when there is none yet; info).
 
-    With the model registry (`components.common.registry.resolve_model_ref`), `ref` may be
-    `<registry>/<name>` (its current blessed version), `<registry>/<name>/<N>` or a local train
-    output / SavedModel dir; the registry returns (local dir, index entry or None), or None when
-    the model has no blessed version yet (first run: only absolute thresholds apply). S3
-    versions are downloaded under `download_dir`. Without the registry: a local train output or
-    SavedModel directory.
+    `ref` may be `<registry>/<name>` (its current blessed version), `<registry>/<name>/<N>` or a
+    local train output / SavedModel dir; the registry resolves it to (local dir, index entry or
+    None), or None when the model has no blessed version yet (first run: only absolute
+    thresholds apply). S3 versions are downloaded under `download_dir`.
     """
-    resolve_model_ref = getattr(_registry(), "resolve_model_ref", None)
-    if resolve_model_ref is None:
-        return describe_local_model(ref, "--baseline-model")
+    from components.common.registry import resolve_model_ref
+
     resolved = resolve_model_ref(ref, download_dir)
     if resolved is None:
         return None, {"uri": ref, "version": None, "model_id": None,
