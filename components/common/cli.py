@@ -73,3 +73,10 @@ def add_executor_input(parser) -> None:
         help="KFP executor input ({{$}}); when given, outputs are also reported through the "
              "executor output file it names (set by the component spec, not by hand)",
     )
+
+
+def add_dataset_config(parser) -> None:
+    parser.add_argument(
+        "--dataset-config", type=optional_str, default=None,
+        help="dataset config YAML: a path, an s3:// URI or a built-in name (default: cfpb)",
+    )

@@ -7,7 +7,13 @@ import os
 import shutil
 import sys
 
-from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+from components.common.cli import (
+    StepArgumentParser,
+    add_dataset_config,
+    add_executor_input,
+    optional_str,
+    run_step,
+)
 
 
 def build_parser() -> StepArgumentParser:
@@ -30,8 +36,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--thresholds", type=optional_str, default=None,
                         help="YAML with thresholds and/or baseline_tolerance replacing the "
                              "dataset config's evaluation section ones")
-    parser.add_argument("--dataset-config", type=optional_str, default=None,
-                        help="dataset config YAML (path, s3:// URI or built-in name; default cfpb)")
+    add_dataset_config(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the counterfactual sample (default 0)")
     parser.add_argument("--metrics", type=optional_str, default=None,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+from components.common.cli import (
+    StepArgumentParser,
+    add_dataset_config,
+    add_executor_input,
+    optional_str,
+    run_step,
+)
 
 
 def build_parser() -> StepArgumentParser:
@@ -16,8 +22,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--source", required=True, help="CSV file: local path or s3://bucket/key")
     parser.add_argument("--output", required=True,
                         help="directory for train/, eval/ and metadata.json (must be empty)")
-    parser.add_argument("--dataset-config", type=optional_str, default=None,
-                        help="dataset config YAML (path, s3:// URI or built-in name; default cfpb)")
+    add_dataset_config(parser)
     parser.add_argument("--eval-fraction", type=float, default=None,
                         help="share of rows in the eval split (default: the config's, 0.1)")
     parser.add_argument("--store", type=optional_str, default=None,

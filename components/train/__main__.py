@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+from components.common.cli import (
+    StepArgumentParser,
+    add_dataset_config,
+    add_executor_input,
+    optional_str,
+    run_step,
+)
 
 
 def build_parser() -> StepArgumentParser:
@@ -22,8 +28,7 @@ def build_parser() -> StepArgumentParser:
                         help="hyperparameters as one JSON object, e.g. "
                              "'{\"learning_rate\": 0.01}'; missing keys take the defaults in "
                              "components/train/hparams.py")
-    parser.add_argument("--dataset-config", type=optional_str, default=None,
-                        help="dataset config YAML (path, s3:// URI or built-in name; default cfpb)")
+    add_dataset_config(parser)
     add_executor_input(parser)
     return parser
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+from components.common.cli import (
+    StepArgumentParser,
+    add_dataset_config,
+    add_executor_input,
+    run_step,
+)
 
 
 def build_parser() -> StepArgumentParser:
@@ -16,8 +21,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--examples", required=True, help="output directory of the ingest step")
     parser.add_argument("--output", required=True,
                         help="directory for preprocessing.keras, vocabularies/ and transform.json")
-    parser.add_argument("--dataset-config", type=optional_str, default=None,
-                        help="dataset config YAML (path, s3:// URI or built-in name; default cfpb)")
+    add_dataset_config(parser)
     add_executor_input(parser)
     return parser
 

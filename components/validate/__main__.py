@@ -8,6 +8,7 @@ import sys
 
 from components.common.cli import (
     StepArgumentParser,
+    add_dataset_config,
     add_executor_input,
     optional_str,
     parse_bool,
@@ -29,8 +30,7 @@ def build_parser() -> StepArgumentParser:
                         help="curated TFDV schema (text format); inferred when not given")
     parser.add_argument("--baseline-examples", type=optional_str, default=None,
                         help="ingest output of the previous data version, to measure drift")
-    parser.add_argument("--dataset-config", type=optional_str, default=None,
-                        help="dataset config YAML with the thresholds (default: built-in cfpb)")
+    add_dataset_config(parser)
     parser.add_argument("--fail-on-anomalies", nargs="?", const=True, default=False,
                         type=parse_bool, metavar="BOOL",
                         help="exit non-zero when anomalies are found (outputs are still written)")
