@@ -67,8 +67,8 @@ def build_pipeline(s3_endpoint_url: str = S3_ENDPOINT_URL, s3_secret: str | None
         ))
         ingest.set_display_name("Ingest and version data")
         validate = with_storage_access(steps["validate"](
-            examples=ingest.outputs["examples"], schema=schema, dataset_config=dataset_config,
-            fail_on_anomalies=fail_on_anomalies,
+            examples=ingest.outputs["examples"], baseline_store=data_store, schema=schema,
+            dataset_config=dataset_config, fail_on_anomalies=fail_on_anomalies,
         ))
         validate.set_display_name("Validate data (TFDV)")
         transform = with_storage_access(steps["transform"](

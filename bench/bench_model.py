@@ -40,6 +40,7 @@ import sys
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
+sys.path.insert(1, os.path.dirname(BENCH))  # the repository, for `components`
 from bench_ingest_validate import (  # noqa: E402  (needs the sys.path entry above)
     MIB,
     PYTHON,
@@ -70,24 +71,28 @@ def zip_prefix(code: str, digits: int = 3) -> str:
     return prefix if len(prefix) == digits and prefix.isdigit() else ""
 
 
-def read_split(examples: str, split: str) -> tuple[list[list[str]], list[str], list[int]]:
-    """Categorical columns (ZIP as its prefix), narratives and labels of one ingested split."""
+def read_split(examples: str, split: str, config_ref: str | None = None
+               ) -> tuple[list[list[str]], list[str], list[int]]:
+    """Categorical columns (ZIP as its prefix), narratives ("" if none) and labels of a split."""
     from components.common.dataset_config import load_dataset_config
     from components.common.tf_examples import raw_dataset
 
-    config = load_dataset_config()
+    config = load_dataset_config(config_ref)
     digits = config.preprocessing.zip_prefix_digits
     categorical, texts, labels = [], [], []
     for features, label in raw_dataset(examples, split, config, 4096).as_numpy_iterator():
         columns = [[v.decode("utf-8") for v in features[name]] for name in CATEGORICAL]
         columns.append([zip_prefix(v.decode("utf-8"), digits) for v in features[ZIP_FEATURE]])
         categorical.extend(map(list, zip(*columns, strict=True)))
-        texts.extend(v.decode("utf-8") for v in features[TEXT_FEATURE])
+        if TEXT_FEATURE in features:
+            texts.extend(v.decode("utf-8") for v in features[TEXT_FEATURE])
+        else:  # a config without the text feature
+            texts.extend("" for _ in range(len(label)))
         labels.extend(int(v) for v in label)
     return categorical, texts, labels
 
 
-def baseline(examples: str, out: str) -> int:
+def baseline(examples: str, out: str, config_ref: str | None = None) -> int:
     """Fit the logistic regression on the train split, score the eval split, write JSON."""
     import time
 
@@ -99,8 +104,8 @@ def baseline(examples: str, out: str) -> int:
     from sklearn.preprocessing import OneHotEncoder
 
     started = time.perf_counter()
-    train_cat, train_text, y_train = read_split(examples, "train")
-    eval_cat, eval_text, y_eval = read_split(examples, "eval")
+    train_cat, train_text, y_train = read_split(examples, "train", config_ref)
+    eval_cat, eval_text, y_eval = read_split(examples, "eval", config_ref)
     read_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -136,10 +141,46 @@ def baseline(examples: str, out: str) -> int:
 
 
 # ---------------------------------------------------------------- the steps, measured
-def step(label: str, module: str, args: list[str], logs: str) -> Run:
+def step(label: str, module: str, args: list[str], logs: str, config: str | None,
+         check: bool = True) -> Run:
+    """One step's CLI, measured; stops the benchmark on failure unless `check` is False."""
     name = re.sub(r"[^\w.-]+", "_", label)
-    return _check(measure(label, [PYTHON, "-m", module, *args],
-                          os.path.join(logs, f"{name}.log"), env=QUIET))
+    if config:
+        args = [*args, "--dataset-config", config]
+    run = measure(label, [PYTHON, "-m", module, *args], os.path.join(logs, f"{name}.log"),
+                  env=QUIET)
+    return _check(run) if check else run
+
+
+def last_error(run: Run) -> str:
+    """The failed step's last meaningful log line (the exception), for the table."""
+    with open(run.log, encoding="utf-8", errors="replace") as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    errors = [i for i, line in enumerate(lines) if re.match(r"^(\w+Error|error:)", line)]
+    if not errors:
+        return (lines or ["(empty log)"])[-1][:300]
+    text = " ".join(lines[errors[-1]:errors[-1] + 2])  # the message may span two lines
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\[Op:\w+\]( name:)?", "", text)
+    return text.replace("|", "/")[:300]  # a Markdown table cell
+
+
+def no_text_config(path: str) -> str:
+    """The built-in dataset config without text features, written to `path`."""
+    import yaml
+
+    from components.common.dataset_config import resolve_config_path
+
+    with open(resolve_config_path(None), encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    text = set(raw["features"].get("text") or ())
+    raw["features"]["text"] = []
+    raw["columns"] = {k: v for k, v in raw["columns"].items() if k not in text}
+    checks = raw.get("validation", {}).get("no_distribution_checks") or []
+    raw.setdefault("validation", {})["no_distribution_checks"] = [
+        c for c in checks if c not in text]
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(raw, handle, sort_keys=False)
+    return path
 
 
 def load(path: str) -> dict:
@@ -162,42 +203,54 @@ def epochs_from_log(log_path: str) -> list[dict]:
 
 
 def train_and_evaluate(tag: str, examples: str, transform: str, run_dir: str, logs: str,
-                       hparams: str | None) -> dict:
-    """One train + evaluate on an existing ingest/transform output; runs and their outputs."""
+                       hparams: str | None, config: str | None = None,
+                       check: bool = True) -> dict:
+    """One train + evaluate on an existing ingest/transform output; runs and their outputs.
+
+    With `check` False a failed train is returned as {"failed": <error line>, "train": run}.
+    """
     model_dir = os.path.join(run_dir, f"model-{tag}")
     args = ["--examples", examples, "--transform", transform, "--output", model_dir]
     if hparams:
         args += ["--hparams", hparams]
-    train = step(f"{tag} train", "components.train", args, logs)
+    train = step(f"{tag} train", "components.train", args, logs, config, check)
+    if train.returncode != 0:
+        print(f"  {tag} train FAILED (exit {train.returncode}): {last_error(train)}", flush=True)
+        return {"failed": last_error(train), "train": train}
     print(f"  {tag} train: {train.seconds:.1f} s", flush=True)
     evaluation_dir = os.path.join(run_dir, f"evaluation-{tag}")
     evaluate = step(f"{tag} evaluate", "components.evaluate",
                     ["--model", model_dir, "--examples", examples, "--output", evaluation_dir],
-                    logs)
+                    logs, config)
     print(f"  {tag} evaluate: {evaluate.seconds:.1f} s", flush=True)
     info = load(os.path.join(model_dir, "training.json"))
     metrics = load(os.path.join(evaluation_dir, "metrics.json"))
     return {"train": train, "evaluate": evaluate, "training": info, "metrics": metrics,
-            "epochs": epochs_from_log(train.log), "hparams": hparams}
+            "epochs": epochs_from_log(train.log), "hparams": hparams, "config": config}
 
 
-def chain(tag: str, source: str, run_dir: str, logs: str, hparams: str | None) -> dict:
+def chain(tag: str, source: str, run_dir: str, logs: str, hparams: str | None,
+          config: str | None = None, check: bool = True) -> dict:
     """ingest -> transform -> train -> evaluate on `source`, then the baseline on the split."""
     examples = os.path.join(run_dir, f"examples-{tag}")
     transform = os.path.join(run_dir, f"transform-{tag}")
     ingest = step(f"{tag} ingest", "components.ingest",
-                  ["--source", source, "--output", examples], logs)
+                  ["--source", source, "--output", examples], logs, config)
     print(f"  {tag} ingest: {ingest.seconds:.1f} s", flush=True)
     transform_run = step(f"{tag} transform", "components.transform",
-                         ["--examples", examples, "--output", transform], logs)
+                         ["--examples", examples, "--output", transform], logs, config)
     print(f"  {tag} transform: {transform_run.seconds:.1f} s", flush=True)
-    result = train_and_evaluate(tag, examples, transform, run_dir, logs, hparams)
+    result = train_and_evaluate(tag, examples, transform, run_dir, logs, hparams, config, check)
+    if "failed" in result:
+        return result
     result.update(ingest=ingest, transform=transform_run, examples=examples,
                   transform_dir=transform, split=load(os.path.join(examples, "metadata.json")))
     out = os.path.join(run_dir, f"baseline-{tag}.json")
+    command = [PYTHON, os.path.abspath(__file__), "--baseline", examples, out]
+    if config:
+        command += ["--baseline-config", config]
     result["baseline_run"] = _check(measure(
-        f"{tag} baseline", [PYTHON, os.path.abspath(__file__), "--baseline", examples, out],
-        os.path.join(logs, f"{tag}_baseline.log"), env=QUIET))
+        f"{tag} baseline", command, os.path.join(logs, f"{tag}_baseline.log"), env=QUIET))
     result["baseline"] = load(out)
     print(f"  {tag} baseline: {result['baseline_run'].seconds:.1f} s", flush=True)
     return result
@@ -257,7 +310,8 @@ def quality_rows(tag: str, result: dict, noisy: bool) -> list[dict]:
     ]
 
 
-def build_table(synthetic: dict | None, real: dict | None, tries: list[dict]) -> list[dict]:
+def build_table(synthetic: dict | None, real: dict | None, tries: list[dict],
+                real_failure: str | None = None) -> list[dict]:
     table = []
     if synthetic:
         s = synthetic
@@ -307,6 +361,10 @@ def build_table(synthetic: dict | None, real: dict | None, tries: list[dict]) ->
                          f"{t['train'].seconds:.0f} s"
                          + (f", vs baseline {ours - base:+.4f}" if base is not None else "")
                          + "; val AUC per epoch " + epoch_summary(t["epochs"])))
+    if real_failure:
+        table.append(row("real 2013 sample, built-in config: train FAILED", None, "",
+                         f"{real_failure} — so the rows below use the config without the "
+                         "narrative feature (the sample has no narratives)"))
     if real:
         table += quality_rows("real 2013 sample", real, noisy=True)
         table.append(row("real 2013 sample: epochs run", real["training"]["epochs_run"], "",
@@ -365,14 +423,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep step outputs (logs are kept)")
     parser.add_argument("--baseline", nargs=2, metavar=("EXAMPLES", "OUT"),
                         help=argparse.SUPPRESS)  # internal: the baseline's child process
+    parser.add_argument("--baseline-config", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.baseline:
-        sys.path.insert(0, REPO)
-        return baseline(*args.baseline)
+        return baseline(*args.baseline, args.baseline_config)
     workdir = os.path.abspath(args.workdir)
     run_dir = os.path.join(workdir, f"model-run-{args.rows}-seed{args.seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # the steps refuse non-empty output directories
@@ -380,7 +438,7 @@ def main(argv=None) -> int:
     os.makedirs(logs)
     load_before, code_before = os.getloadavg(), code_version()
 
-    synthetic, real, tries, generated = None, None, [], None
+    synthetic, real, tries, generated, real_failure = None, None, [], None, None
     if args.rows:
         path, generated = ensure_data(workdir, args.rows, args.seed)
         print(f"synthetic data: {path} "
@@ -391,13 +449,20 @@ def main(argv=None) -> int:
                                             synthetic["transform_dir"], run_dir, logs, hparams))
     if not args.no_real:
         print(f"real sample: {args.real_sample}", flush=True)
-        real = chain("real", os.path.abspath(args.real_sample), run_dir, logs,
-                     args.real_hparams)
+        source = os.path.abspath(args.real_sample)
+        real = chain("real", source, run_dir, logs, args.real_hparams, check=False)
+        if "failed" in real:
+            # The sample has no narratives: with the built-in config the text feature's
+            # vocabulary is empty, which train may fail to load. Retry without that feature.
+            real_failure = real["failed"]
+            print("  retrying the real sample with the config minus its text feature", flush=True)
+            real = chain("real-no-text", source, run_dir, logs, args.real_hparams,
+                         no_text_config(os.path.join(run_dir, "cfpb-no-text.yaml")))
 
-    table = build_table(synthetic, real, tries)
+    table = build_table(synthetic, real, tries, real_failure)
     result = {
         "rows": args.rows, "seed": args.seed, "real_sample": args.real_sample,
-        "datagen_seconds": generated,
+        "datagen_seconds": generated, "real_default_config_failure": real_failure,
         "synthetic": result_json(synthetic), "real": result_json(real),
         "tries": [result_json(t) for t in tries],
         "code": code_before, "machine": machine(load_before),

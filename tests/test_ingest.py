@@ -19,10 +19,9 @@ import pytest
 import yaml
 from minio.versioningconfig import ENABLED, VersioningConfig
 
-from components.common import storage
+from components.common import data_store, storage
 from components.common.dataset_config import CONFIG_DIR, load_dataset_config
 from components.common.errors import StepError
-from components.ingest import versioning
 from components.ingest.ingest import IngestOptions, ingest
 
 MODULE = "components.ingest"
@@ -402,7 +401,7 @@ def test_local_store_keeps_immutable_snapshots(tmp_path):
     third = run_ingest(changed, tmp_path / "out3", store=str(store))
 
     assert third["dataset_version"] != first["dataset_version"]
-    versions = versioning.list_versions(str(store))
+    versions = data_store.list_versions(str(store))
     assert {v["dataset_version"] for v in versions} == {
         first["dataset_version"], third["dataset_version"]}
     for version in versions:

@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 
+from components.common import data_store
 from components.common.dataset_config import load_dataset_config
 from components.common.errors import StepError
-from components.ingest.ingest import ingest
+from components.ingest.ingest import IngestOptions, ingest
 from components.validate.validation import validate
 
 CONFIG = load_dataset_config()
@@ -196,3 +197,24 @@ def test_bad_schema_file_is_a_clear_error(baseline, tmp_path):
         validate(str(baseline), str(tmp_path / "out"), CONFIG, schema_path=str(bad))
     assert not os.path.exists(tmp_path / "out")
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+
+
+def test_continuous_runs_compare_with_the_last_clean_version_in_the_store(tmp_path, cli):
+    """Each new version is compared with the last stored version that passed validation."""
+    store = tmp_path / "store"
+    options = IngestOptions(store=str(store))
+    summaries = []
+    for name, seed, rate in (("a", 21, 0.25), ("b", 22, 0.6), ("c", 23, 0.25)):
+        generate(cli, tmp_path / f"{name}.csv", 2500, seed=seed, disputed_rate=rate)
+        ingest(str(tmp_path / f"{name}.csv"), str(tmp_path / f"{name}-ex"), CONFIG, options)
+        summaries.append(validate(str(tmp_path / f"{name}-ex"), str(tmp_path / f"{name}-v"),
+                                  CONFIG, baseline_store=str(store)))
+    first, shifted, recovered = summaries
+    assert first["baseline_dataset_version"] is None and not first["anomalies_found"]
+    assert shifted["baseline_dataset_version"] == first["dataset_version"]
+    assert "consumer_disputed" in anomalies_by_feature(shifted)
+    # The anomalous version is stored (nothing is lost) but is not the new normal.
+    assert recovered["baseline_dataset_version"] == first["dataset_version"]
+    assert not recovered["anomalies_found"], recovered["anomalies"]
+    stored = {m["dataset_version"] for m in data_store.list_versions(str(store))}
+    assert stored == {s["dataset_version"] for s in summaries}

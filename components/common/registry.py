@@ -302,21 +302,13 @@ class Published:
 
 
 def _put_file(source: str, destination: str) -> None:
-    """Copy one file to a local path or S3 object (the only place publish writes model bytes)."""
-    if storage.is_s3(destination):
-        with open(source, "rb") as handle:
-            storage.write_stream(destination, handle)
-        return
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    shutil.copyfile(source, destination)
+    """The one place publish writes model bytes (tests interrupt it to simulate crashes)."""
+    storage.put_file(source, destination)
 
 
 def _files_of(model_dir: str) -> list[str]:
     """Relative POSIX paths of a SavedModel's files, saved_model.pb (the entry point) last."""
-    found = []
-    for root, _dirs, names in os.walk(model_dir):
-        found.extend(os.path.relpath(os.path.join(root, n), model_dir).replace(os.sep, "/")
-                     for n in names)
+    found = storage.relative_files(model_dir)
     return sorted(found, key=lambda rel: (LAST_FILES.index(rel) + 1 if rel in LAST_FILES else 0,
                                           rel))
 
@@ -594,14 +586,6 @@ def _local_copy(uri: str, download_dir: str) -> str:
         raise StepError(f"{uri}: no objects; the version's files are missing")
     os.makedirs(download_dir, exist_ok=True)
     destination = tempfile.mkdtemp(prefix="model-", dir=download_dir)
-    prefix = uri.rstrip("/") + "/"
-    for object_uri in objects:
-        relative = object_uri[len(prefix):]
-        if not relative or ".." in relative.split("/"):
-            continue
-        local = os.path.join(destination, *relative.split("/"))
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        with storage.open_read(object_uri) as stream, open(local, "wb") as out:
-            shutil.copyfileobj(stream, out, storage.PART_SIZE)
+    storage.download_tree(uri, destination)
     log.info("downloaded %s (%d files) to %s", uri, len(objects), destination)
     return destination

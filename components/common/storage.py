@@ -189,3 +189,43 @@ def delete(uri: str) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(uri)
+
+
+def put_file(local_path: str, uri: str) -> None:
+    """Copy one local file to a local path or an S3 object (atomically either way)."""
+    with open(local_path, "rb") as handle:
+        write_stream(uri, handle)
+
+
+def relative_files(directory: str) -> list[str]:
+    """POSIX paths of every file under a local directory, relative to it, sorted."""
+    found = []
+    for root, _dirs, names in os.walk(directory):
+        found.extend(os.path.relpath(os.path.join(root, n), directory).replace(os.sep, "/")
+                     for n in names)
+    return sorted(found)
+
+
+def upload_tree(directory: str, uri: str, last: tuple[str, ...] = ()) -> int:
+    """Copy a local directory's files under `uri`; the `last` files go at the end (markers)."""
+    files = sorted(relative_files(directory), key=lambda rel: (rel in last, rel))
+    for relative in files:
+        put_file(os.path.join(directory, *relative.split("/")), join(uri, relative))
+    return len(files)
+
+
+def download_tree(uri: str, destination: str) -> int:
+    """Copy every object under an S3 prefix (or files under a local dir) into `destination`."""
+    prefix = uri.rstrip("/") + "/"
+    count = 0
+    for source in list_uris(uri):
+        relative = source[len(prefix):] if is_s3(uri) else os.path.relpath(source, uri)
+        parts = relative.replace(os.sep, "/").split("/")
+        if not relative or ".." in parts:
+            continue
+        local = os.path.join(destination, *parts)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open_read(source) as stream, open(local, "wb") as out:
+            shutil.copyfileobj(stream, out, PART_SIZE)
+        count += 1
+    return count

@@ -10,12 +10,12 @@ import os
 import time
 from dataclasses import dataclass
 
-from components.common import storage
+from components.common import data_store, storage
 from components.common.dataset_config import DatasetConfig, check_eval_fraction
 from components.common.errors import StepError
 from components.common.examples import METADATA_FILE, SPLITS
 from components.common.staging import staged_output
-from components.ingest import split, versioning
+from components.ingest import split
 from components.ingest.csv_source import CsvRows
 from components.ingest.examples import ExampleWriterProcess, RowCollector
 
@@ -153,23 +153,20 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
     for split_name in SPLITS:
         if kept[split_name] == 0:
             os.rmdir(os.path.join(staging, split_name))
-    version = versioning.dataset_version(sha256_hex)
+    version = data_store.dataset_version(sha256_hex)
     column_mapping = {feature: rows.header[i] for feature, i in columns.items()}
     summary = {
         "rows": {"read": rows_read, "kept": kept["train"] + kept["eval"], **kept},
         "dropped": dict(sorted(dropped.items())),
         "label_counts": label_counts,
     }
-    snapshot_uri = None
-    if options.store:
-        snapshot_uri, _ = versioning.snapshot(source, options.store, version, sha256_hex, summary)
     seconds = time.monotonic() - started
     metadata = {
         "dataset_version": version,
         "source": source,
         "source_sha256": sha256_hex,
         "source_bytes": source_bytes,
-        "snapshot": snapshot_uri,
+        "snapshot": storage.join(options.store, version) if options.store else None,
         **summary,
         "dropped_label_values": dict(dropped_values.most_common()),
         "label": {"feature": label_spec.feature, "positive": list(label_spec.positive),
@@ -189,6 +186,9 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
     }
     with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=2)
+    if options.store:
+        data_store.snapshot(source, options.store, version, sha256_hex, summary,
+                            examples_dir=staging)
     log.info(
         "ingested %s as %s: %d rows read, %d train, %d eval, dropped %s, %.1f s (%.0f rows/s)",
         source, version, rows_read, kept["train"], kept["eval"], dict(dropped) or "none",

@@ -30,6 +30,9 @@ def build_parser() -> StepArgumentParser:
                         help="curated TFDV schema (text format); inferred when not given")
     parser.add_argument("--baseline-examples", type=optional_str, default=None,
                         help="ingest output of the previous data version, to measure drift")
+    parser.add_argument("--baseline-store", type=optional_str, default=None,
+                        help="data store (directory or s3://bucket/prefix) to take the previous "
+                             "data version from, when --baseline-examples is not given")
     add_dataset_config(parser)
     parser.add_argument("--fail-on-anomalies", nargs="?", const=True, default=False,
                         type=parse_bool, metavar="BOOL",
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
 
     executor = ExecutorIO(args.executor_input)
     config = load_dataset_config(args.dataset_config)
-    summary = validate(args.examples, args.output, config, args.schema, args.baseline_examples)
+    summary = validate(args.examples, args.output, config, args.schema, args.baseline_examples,
+                       args.baseline_store)
     report = os.path.join(args.output, REPORT_FILE)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)

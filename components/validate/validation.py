@@ -180,11 +180,38 @@ def _measurements(proto) -> dict[str, dict]:
 
 
 def validate(examples: str, output: str, config: DatasetConfig, schema_path: str | None = None,
-             baseline_examples: str | None = None) -> dict:
-    """Write statistics, schema, anomalies, summary and report to `output`, all or nothing."""
-    with staged_output(output, last=SUMMARY_FILE) as staging:
+             baseline_examples: str | None = None, baseline_store: str | None = None) -> dict:
+    """Write statistics, schema, anomalies, summary and report to `output`, all or nothing.
+
+    The baseline is `baseline_examples`, or else the data version stored in `baseline_store`
+    just before this one (continuous training compares each new version with the last).
+    """
+    with tempfile.TemporaryDirectory(prefix="baseline-") as download_dir, \
+            staged_output(output, last=SUMMARY_FILE) as staging:
+        if baseline_store and not baseline_examples:
+            baseline_examples = previous_examples(examples, baseline_store, download_dir)
         summary = _validate_to(examples, staging, config, schema_path, baseline_examples)
+    if baseline_store and not summary["anomalies_found"]:
+        from components.common import data_store
+
+        data_store.mark_validated(baseline_store, summary["dataset_version"], {
+            k: summary[k] for k in ("dataset_version", "baseline_dataset_version",
+                                    "schema_source", "created_at")})
     return summary
+
+
+def previous_examples(examples: str, store: str, download_dir: str) -> str | None:
+    """The examples of the data version stored before this one, or None on the first run."""
+    from components.common import data_store
+
+    version = read_metadata(examples)["dataset_version"]
+    previous = data_store.previous_version(store, version)
+    if previous is None:
+        log.info("no earlier data version in %s: no drift baseline for %s", store, version)
+        return None
+    log.info("drift baseline: %s, the version stored before %s", previous["dataset_version"],
+             version)
+    return data_store.fetch_examples(previous, download_dir)
 
 
 def _validate_to(examples, staging, config, schema_path, baseline_examples) -> dict:

@@ -1,9 +1,14 @@
-"""Data versioning: a version is the hash of the source bytes; a snapshot keeps those bytes.
+"""The data store: every ingested data version, kept immutably so models trace back to it.
 
-Store layout (local directory or s3://bucket/prefix):
+A version is the hash of the source bytes. Layout (local directory or s3://bucket/prefix):
     <store>/<dataset_version>/source/<file name>   the exact bytes that were ingested
+    <store>/<dataset_version>/examples/...         the ingested splits (metadata.json last), so a
+                                                   later run can validate against this version
     <store>/<dataset_version>/manifest.json        written last: a version without it is
                                                    not published and is ignored
+    <store>/<dataset_version>/validated.json       written by validation when the version had
+                                                   no anomalies: only such versions serve as
+                                                   the baseline of later data
 Versions are immutable: storing one that exists writes nothing.
 """
 
@@ -13,13 +18,17 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import posixpath
 
 from components.common import storage
 from components.common.errors import StepError
+from components.common.examples import METADATA_FILE
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+EXAMPLES = "examples"
+VALIDATED = "validated.json"
 
 
 def dataset_version(sha256_hex: str) -> str:
@@ -40,9 +49,12 @@ class _HashingStream:
         return data
 
 
-def snapshot(source: str, store: str, version: str, sha256_hex: str,
-             summary: dict) -> tuple[str, bool]:
-    """Keep the source's bytes under its version; returns (version uri, newly stored)."""
+def snapshot(source: str, store: str, version: str, sha256_hex: str, summary: dict,
+             examples_dir: str | None = None) -> tuple[str, bool]:
+    """Keep the source's bytes (and its examples) under its version.
+
+    Returns (version uri, newly stored).
+    """
     version_uri = storage.join(store, version)
     manifest_uri = storage.join(version_uri, MANIFEST)
     if storage.exists(manifest_uri):
@@ -54,6 +66,10 @@ def snapshot(source: str, store: str, version: str, sha256_hex: str,
             )
         log.info("dataset version %s already stored at %s: nothing written", version, version_uri)
         return version_uri, False
+    if examples_dir:
+        examples_uri = storage.join(version_uri, EXAMPLES)
+        count = storage.upload_tree(examples_dir, examples_uri, last=(METADATA_FILE,))
+        log.info("stored %d example files of %s at %s", count, version, examples_uri)
     file_name = posixpath.basename(source.rstrip("/")) or "source.csv"
     data_uri = storage.join(version_uri, "source", file_name)
     with storage.open_read(source) as stream:
@@ -67,6 +83,7 @@ def snapshot(source: str, store: str, version: str, sha256_hex: str,
         "source": source,
         "source_sha256": sha256_hex,
         "snapshot": data_uri,
+        "examples": storage.join(version_uri, EXAMPLES) if examples_dir else None,
         "stored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **summary,
     }
@@ -80,3 +97,37 @@ def list_versions(store: str) -> list[dict]:
     manifests = [u for u in storage.list_uris(store) if u.endswith("/" + MANIFEST)]
     versions = [json.loads(storage.read_bytes(u)) for u in manifests]
     return sorted(versions, key=lambda m: (m.get("stored_at", ""), m["dataset_version"]))
+
+
+def mark_validated(store: str, version: str, summary: dict) -> None:
+    """Record that a stored version passed validation, making it a baseline for later data."""
+    storage.write_bytes(storage.join(store, version, VALIDATED),
+                        json.dumps(summary, indent=2, default=str).encode())
+
+
+def previous_version(store: str, version: str) -> dict | None:
+    """The last version stored before `version` (or the newest, if `version` is not stored)
+    that kept its examples and passed validation: what new data is compared with.
+
+    Anomalous versions are skipped, so one bad delivery does not become the new normal.
+    """
+    versions = list_versions(store)
+    ids = [m["dataset_version"] for m in versions]
+    if version in ids:
+        versions = versions[:ids.index(version)]
+    for manifest in reversed(versions):
+        validated = storage.join(store, manifest["dataset_version"], VALIDATED)
+        if manifest.get("examples") and storage.exists(validated):
+            return manifest
+    return None
+
+
+def fetch_examples(manifest: dict, download_dir: str) -> str:
+    """A local directory with a stored version's examples (downloaded when the store is S3)."""
+    uri = manifest["examples"]
+    if not storage.is_s3(uri):
+        return uri
+    destination = os.path.join(download_dir, manifest["dataset_version"])
+    count = storage.download_tree(uri, destination)
+    log.info("downloaded %d example files of %s", count, manifest["dataset_version"])
+    return destination
