@@ -58,7 +58,8 @@ HPARAMS ?= {}
 run-local: $(VENV)/.synced $(SAMPLE)  ## ingest, validate, transform, train, evaluate, push the sample
 	@run=$(LOCAL)/runs/$$(date +%Y%m%d-%H%M%S); set -e; \
 	$(RUN) -m components.ingest --source $(SAMPLE) --output $$run/examples --store $(LOCAL)/store; \
-	$(RUN) -m components.validate --examples $$run/examples --output $$run/validation; \
+	$(RUN) -m components.validate --examples $$run/examples --output $$run/validation \
+	  --baseline-store $(LOCAL)/store; \
 	$(RUN) -m components.transform --examples $$run/examples --output $$run/transform; \
 	$(RUN) -m components.train --examples $$run/examples --transform $$run/transform \
 	  --output $$run/model --hparams '$(HPARAMS)'; \

@@ -21,21 +21,54 @@ S3_SECRET = "mlpipeline-minio-artifact"
 S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 
 
-def load_components() -> dict:
+PROJECT = "cfpb-pipeline"
+DEFAULT_REGISTRY = "local"
+
+
+def default_image_tag() -> str:
+    """`<version in pyproject>-<git short sha>`, the tag `make build-images` gives by default."""
+    import subprocess
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = "dev"
+    return f"{version}-{sha}"
+
+
+def image_name(step: str, registry: str, tag: str) -> str:
+    return f"{registry.rstrip('/')}/{PROJECT}-{step}:{tag}"
+
+
+def load_components(registry: str = DEFAULT_REGISTRY, tag: str | None = None) -> dict:
+    """Every step's component.yaml, with its image set to the one `make build-images` builds."""
+    import yaml
     from kfp import components
 
-    return {step: components.load_component_from_file(str(COMPONENTS / step / "component.yaml"))
-            for step in STEPS}
+    tag = tag or default_image_tag()
+    loaded = {}
+    for step in STEPS:
+        spec = yaml.safe_load((COMPONENTS / step / "component.yaml").read_text())
+        spec["implementation"]["container"]["image"] = image_name(step, registry, tag)
+        loaded[step] = components.load_component_from_text(yaml.safe_dump(spec, sort_keys=False))
+    return loaded
 
 
-def build_pipeline(s3_endpoint_url: str = S3_ENDPOINT_URL, s3_secret: str | None = S3_SECRET):
-    """The pipeline function; cluster wiring (S3 endpoint, Secret) is fixed at compile time."""
+def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
+                   s3_secret: str | None = S3_SECRET, image_registry: str = DEFAULT_REGISTRY,
+                   image_tag: str | None = None):
+    """The pipeline function; cluster wiring (images, S3 endpoint, Secret) is fixed at compile
+    time, never a run parameter."""
     from kfp import dsl
 
-    steps = load_components()
+    steps = load_components(image_registry, image_tag)
 
     def with_storage_access(task):
-        task.set_env_variable("S3_ENDPOINT_URL", s3_endpoint_url)
+        if s3_endpoint_url:
+            task.set_env_variable("S3_ENDPOINT_URL", s3_endpoint_url)
         if s3_secret:
             from kfp import kubernetes
 
@@ -103,16 +136,36 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="compile the pipeline package")
     parser.add_argument("--output", default="pipeline.yaml", help="package path (pipeline.yaml)")
+    parser.add_argument("--run", choices=["local"],
+                        help="run the pipeline here, every step in its container (kfp.local)")
+    parser.add_argument("--source", help="--run local: CSV path or s3:// URI (default: a "
+                                         "generated sample of 20,000 complaints)")
+    parser.add_argument("--fail-on-anomalies", action="store_true",
+                        help="--run local: stop the run when validation finds anomalies")
+    parser.add_argument("--hparams", default="{}", help="--run local: training hyperparameters")
+    parser.add_argument("--workdir", default=str(ROOT / "local_runs"),
+                        help="--run local: pipeline root, data store and model registry")
+    parser.add_argument("--image-registry", default=DEFAULT_REGISTRY,
+                        help=f"registry part of the step images ({DEFAULT_REGISTRY})")
+    parser.add_argument("--image-tag", default=None,
+                        help="tag of the step images (default: <version>-<git short sha>)")
     parser.add_argument("--s3-endpoint-url", default=S3_ENDPOINT_URL,
                         help=f"MinIO/S3 endpoint the steps use on the cluster ({S3_ENDPOINT_URL})")
     parser.add_argument("--s3-secret", default=S3_SECRET,
                         help=f"Secret with accesskey/secretkey for it ({S3_SECRET}); '' for none")
     args = parser.parse_args(argv)
-    if not args.compile:
-        parser.error("nothing to do: pass --compile")
-    path = compile_pipeline(args.output, s3_endpoint_url=args.s3_endpoint_url,
-                            s3_secret=args.s3_secret or None)
-    print(f"compiled {PIPELINE_NAME} to {path}")
+    if not args.compile and not args.run:
+        parser.error("nothing to do: pass --compile or --run local")
+    if args.compile:
+        path = compile_pipeline(args.output, s3_endpoint_url=args.s3_endpoint_url,
+                                s3_secret=args.s3_secret or None,
+                                image_registry=args.image_registry, image_tag=args.image_tag)
+        print(f"compiled {PIPELINE_NAME} to {path}")
+    if args.run == "local":
+        from local_run import run_local
+
+        return run_local(args.source, args.workdir, args.fail_on_anomalies, args.hparams,
+                         args.image_registry, args.image_tag or default_image_tag())
     return 0
 
 
