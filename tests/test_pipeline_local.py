@@ -1,0 +1,89 @@
+"""The whole pipeline without a cluster: every step in its container, through kfp.local.
+
+Needs a Docker daemon and the images `make build-images` builds (skipped otherwise; CI builds
+them first). Runs remember: the second run validates against the first run's data version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("kfp")  # the pipeline-SDK environment (.venv-sdk) only
+
+from tests.conftest import ROOT  # noqa: E402
+
+pytestmark = [pytest.mark.sdk, pytest.mark.slow]
+
+
+def _images_ready() -> str | None:
+    """Why the test cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no docker client"
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no daemon, no socket, no permission
+        return f"no Docker daemon ({type(exc).__name__})"
+    import pipeline
+    from local_run import missing_images
+
+    missing = missing_images(pipeline.DEFAULT_REGISTRY, pipeline.default_image_tag())
+    return f"images not built: {missing}" if missing else None
+
+
+@pytest.fixture(scope="module")
+def ready():
+    reason = _images_ready()
+    if reason:
+        pytest.skip(reason)
+
+
+def run(workdir, source, *extra):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "pipeline.py"), "--run", "local", "--workdir", str(workdir),
+         "--source", str(source), "--hparams", '{"epochs": 3}', *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
+
+
+def generate(path, rows, seed, rate=0.25):
+    subprocess.run([sys.executable, "-m", "components.datagen", "--rows", str(rows), "--seed",
+                    str(seed), "--disputed-rate", str(rate), "--out", str(path)],
+                   cwd=ROOT, check=True, capture_output=True)
+    return path
+
+
+def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
+    work = tmp_path / "runs"
+    first = run(work, generate(tmp_path / "first.csv", 6000, seed=31))
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    summary = json.loads((work / "latest" / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["success"] * 6
+    assert all(s["seconds"] and s["seconds"] > 0 for s in summary["steps"])
+    assert summary["dataset_version"].startswith("ds-")
+    assert summary["anomalies_found"] is False
+    assert 0.5 < summary["metrics"]["auc"] <= 1.0
+    assert summary["blessed"] is True and summary["model_version"] == 1
+    index = json.loads((work / "registry" / "cfpb-disputes" / "index.json").read_text())
+    assert index["current"] == 1
+    assert index["versions"][0]["dataset_version"] == summary["dataset_version"]
+    assert "local run summary" in first.stdout
+
+    # New data whose label drifted: validation against the stored previous version stops it.
+    second = run(work, generate(tmp_path / "shifted.csv", 6000, seed=32, rate=0.6),
+                 "--fail-on-anomalies")
+    assert second.returncode != 0
+    summary = json.loads((work / "latest" / "summary.json").read_text())
+    statuses = {s["name"]: s["status"] for s in summary["steps"]}
+    assert statuses["ingest"] == "success" and statuses["validate"] == "failure"
+    assert all(statuses[s] == "not run" for s in ("transform", "train", "evaluate", "push"))
+    assert summary["failed_step"] == "validate" and "consumer_disputed" in summary["reason"]
+    assert second.stderr.strip().splitlines()[-1].startswith("error: local run: step validate")
+    assert json.loads((work / "registry" / "cfpb-disputes" / "index.json").read_text()) == index
