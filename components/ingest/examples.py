@@ -34,6 +34,9 @@ def tfrecord_frame(record: bytes) -> bytes:
                      struct.pack("<I", _masked_crc32c(record))))
 
 
+SEPARATOR = "\x00"
+
+
 class ColumnBatch:
     """Rows of one split, held as columns until they are encoded together."""
 
@@ -43,6 +46,24 @@ class ColumnBatch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getstate__(self):
+        """Ship string columns to the writer as one joined string each: pickling a column of
+        thousands of small strings costs the parsing process about three times as much."""
+        packed = []
+        for column in self.columns:
+            if column and isinstance(column[0], str):
+                joined = SEPARATOR.join(column)
+                if joined.count(SEPARATOR) == len(column) - 1:  # no NUL inside a value
+                    packed.append((SEPARATOR, joined))
+                    continue
+            packed.append(column)
+        return packed, self.labels
+
+    def __setstate__(self, state):
+        packed, self.labels = state
+        self.columns = [item[1].split(SEPARATOR) if isinstance(item, tuple) else item
+                        for item in packed]
 
 
 class RowCollector:
@@ -207,7 +228,7 @@ class ExampleWriterProcess:
     The queue is bounded, so at most a few batches wait in memory whatever the file size.
     """
 
-    def __init__(self, encoder_args: tuple, writer_args: dict, max_pending: int = 4):
+    def __init__(self, encoder_args: tuple, writer_args: dict, max_pending: int = 16):
         import multiprocessing
 
         context = multiprocessing.get_context("fork")
