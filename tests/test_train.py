@@ -184,3 +184,18 @@ def test_cli_prints_katib_metrics_and_fails_fast_on_bad_hparams(pipeline_dirs, t
               str(work / "transform"), "--output", str(tmp_path / "m2"), "--hparams", '{"x": 1}')
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: train: --hparams: unknown key")
+
+
+def test_data_without_any_narrative_trains_and_serves(real_sample, tmp_path):
+    """The real 2013 export has no narratives: the text feature is empty, not an error."""
+    import tensorflow as tf
+
+    ingest(str(real_sample), str(tmp_path / "ex"), CONFIG)
+    info = transform(str(tmp_path / "ex"), str(tmp_path / "tf"), CONFIG)
+    assert info["vocabulary_sizes"]["narrative"] == 3
+    trained = train(str(tmp_path / "ex"), str(tmp_path / "tf"), str(tmp_path / "m"), CONFIG,
+                    parse_hparams(json.dumps({**FAST, "epochs": 1})))
+    loaded = tf.saved_model.load(str(tmp_path / "m" / "model"))
+    raw = {name: tf.constant(["", "some words"]) for name in CONFIG.feature_names}
+    out = loaded.signatures["serving_default"](**raw)["probability"].numpy()
+    assert out.shape == (2,) and np.all(np.isfinite(out)) and trained["model_id"]

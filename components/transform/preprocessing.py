@@ -20,6 +20,7 @@ from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
 CODE_FILES = ("layers.py", "preprocessing.py")
+EMPTY_VOCABULARY_TOKEN = "<no text in train split>"
 
 
 def preprocessing_code_hash() -> str:
@@ -86,6 +87,11 @@ def fit_preprocessing(examples_dir: str, config: DatasetConfig, batch_size: int 
             name=f"{name}_tokens",
         )
         vectorizer.adapt(train.map(lambda batch, n=name: batch[n]))
+        if vectorizer.vocabulary_size() <= 2:  # only padding and [UNK]: no text in train
+            # An empty vocabulary cannot be saved; this token cannot survive standardization,
+            # so every narrative maps to [UNK] and the model learns nothing from the feature.
+            log.warning("%s: no text in the train split; the feature carries no signal", name)
+            vectorizer.set_vocabulary([EMPTY_VOCABULARY_TOKEN])
         outputs[name] = vectorizer(inputs[name])
         vocabularies[name] = [str(v) for v in vectorizer.get_vocabulary()]
         log.info("text vocabulary of %s: %d tokens in %.1f s", name,
