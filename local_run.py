@@ -8,7 +8,6 @@ registry's current version. The run ends with a summary for a person, also writt
 
 import datetime as dt
 import json
-import logging
 import os
 import re
 import subprocess
@@ -24,35 +23,30 @@ S3_ENV = ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRE
           "AWS_REGION")
 
 
-class TaskRecorder(logging.Handler):
-    """Start, end and status of each task, from kfp.local's own log lines."""
+class RunWatcher:
+    """Passes kfp.local's output through, noting each task's start, end and status (from its
+    log lines) and the containers' `error: <step>: ...` lines.
+
+    kfp.local replaces the root logger's handlers with one writing to sys.stdout, so its
+    output is the one place where both its own events and the containers' logs pass.
+    """
 
     START = re.compile(r"Executing task '([^']+)'")
     END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.started: dict[str, float] = {}
-        self.finished: dict[str, tuple[float, str]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = ANSI.sub("", record.getMessage())
-        if match := self.START.search(message):
-            self.started.setdefault(match.group(1), record.created)
-        elif match := self.END.search(message):
-            self.finished[match.group(1)] = (record.created, match.group(2).lower())
-
-
-class ErrorLines:
-    """Passes the containers' output through and keeps their `error: <step>: ...` lines."""
-
     def __init__(self, stream):
         self._stream = stream
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, tuple[float, str]] = {}
         self.errors: list[str] = []
 
     def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.startswith("error: "):
+        for line in ANSI.sub("", text).splitlines():
+            if match := self.START.search(line):
+                self.started.setdefault(match.group(1), time.time())
+            elif match := self.END.search(line):
+                self.finished[match.group(1)] = (time.time(), match.group(2).lower())
+            elif line.strip().startswith("error: "):
                 self.errors.append(line.strip())
         return self._stream.write(text)
 
@@ -97,7 +91,7 @@ def _outputs(task_dir: Path) -> tuple[dict, dict]:
     return artifacts, output.get("parameterValues") or {}
 
 
-def build_summary(run_dir: Path | None, recorder: TaskRecorder, failed: str | None,
+def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None,
                   reason: str | None, registry: Path, model_name: str) -> dict:
     steps = []
     for step in pipeline.STEPS:
@@ -176,16 +170,13 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
     local.init(runner=local.DockerRunner(mounts=mounts, environment=environment,
                                          user=f"{os.getuid()}:{os.getgid()}"),
                pipeline_root=str(root), raise_on_error=True)
-    recorder = TaskRecorder()
-    logging.getLogger().addHandler(recorder)
-    logging.getLogger().setLevel(logging.INFO)
     training_pipeline = pipeline.build_pipeline(s3_endpoint_url=None, s3_secret=None,
                                                 image_registry=image_registry,
                                                 image_tag=image_tag)
-    errors = ErrorLines(sys.stdout)
+    watcher = RunWatcher(sys.stdout)
     started = time.time()
     failed = reason = None
-    sys.stdout = errors
+    sys.stdout = watcher
     try:
         training_pipeline(source=source, data_store=str(store), registry=str(registry),
                           model_name=model_name, fail_on_anomalies=fail_on_anomalies,
@@ -194,12 +185,13 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
         message = ANSI.sub("", str(exc))
         match = re.search(r"Inner task failed: '([^']+)'", message)
         failed = match.group(1) if match else "pipeline"
-        reason = next((e for e in reversed(errors.errors) if failed in e), None) or message
+        reason = next((e for e in reversed(watcher.errors) if f": {failed}:" in e),
+                      None) or message
     finally:
-        sys.stdout = errors._stream
+        sys.stdout = watcher._stream
     runs = sorted(root.glob(f"{pipeline.PIPELINE_NAME}-*"), key=lambda p: p.stat().st_mtime)
     run_dir = runs[-1] if runs and runs[-1].stat().st_mtime >= started - 1 else None
-    summary = build_summary(run_dir, recorder, failed, reason, registry, model_name)
+    summary = build_summary(run_dir, watcher, failed, reason, registry, model_name)
     summary["seconds"] = round(time.time() - started, 1)
     summary["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     if run_dir:
