@@ -47,7 +47,7 @@ class RunWatcher:
             elif match := self.END.search(line):
                 self.finished[match.group(1)] = (time.time(), match.group(2).lower())
             elif line.strip().startswith("error: "):
-                self.errors.append(line.strip())
+                self.errors.append(line.strip()[len("error: "):])
         return self._stream.write(text)
 
     def flush(self) -> None:
@@ -185,7 +185,7 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
         message = ANSI.sub("", str(exc))
         match = re.search(r"Inner task failed: '([^']+)'", message)
         failed = match.group(1) if match else "pipeline"
-        reason = next((e for e in reversed(watcher.errors) if f": {failed}:" in e),
+        reason = next((e for e in reversed(watcher.errors) if e.startswith(f"{failed}:")),
                       None) or message
     finally:
         sys.stdout = watcher._stream
