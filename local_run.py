@@ -98,7 +98,12 @@ def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None
         start = recorder.started.get(step)
         end, status = recorder.finished.get(step, (None, None))
         if status is None:
-            status = "failed" if step == failed else ("interrupted" if start else "not run")
+            status = "failure" if step == failed else ("interrupted" if start else "not run")
+        elif status == "success" and run_dir and not (run_dir / step / "executor_output.json"
+                                                      ).exists():
+            # kfp.local reports success when a fast-failing container is gone before it asks
+            # for the exit code; a step that wrote no outputs did not succeed.
+            status = "no outputs"
         seconds = round(end - start, 1) if start and end else None
         steps.append({"name": step, "status": status, "seconds": seconds})
     outputs = {step: _outputs(run_dir / step) if run_dir else ({}, {}) for step in pipeline.STEPS}

@@ -33,8 +33,11 @@ def staged_output(output: str, last: str | None = None) -> Iterator[str]:
     """
     check_empty_output(output)
     parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    except OSError as exc:
+        raise StepError(f"{output}: cannot create the output next to it: {exc.strerror}") from exc
     os.chmod(staging, 0o755)
     try:
         yield staging

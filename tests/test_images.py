@@ -1,0 +1,282 @@
+"""The step images: names agree everywhere (always run), and the built images work (`docker`).
+
+The `docker` tests need a Docker daemon and the images `make build-images` built for the
+current tag (`<version>-<git short sha>`, or IMAGE_REGISTRY / IMAGE_TAG from the environment);
+they are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REAL_SAMPLE, ROOT, run_cli
+
+IMAGES = ROOT / "images"
+STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push")
+TENSORFLOW_STEPS = ("validate", "transform", "train", "evaluate")
+
+
+def makefile_var(name: str) -> str:
+    match = re.search(rf"^{name}\s*[:?]?=\s*(.*)$", (ROOT / "Makefile").read_text(), re.M)
+    assert match, f"Makefile defines no {name}"
+    return match.group(1).strip()
+
+
+PROJECT = makefile_var("PROJECT")
+
+
+def specs() -> dict[str, dict]:
+    return {path.parent.name: yaml.safe_load(path.read_text())
+            for path in sorted((ROOT / "components").glob("*/component.yaml"))}
+
+
+# --- names: specs, Dockerfiles, Makefile, pipeline.py --------------------------------------
+
+def test_every_spec_names_an_image_make_builds():
+    built = makefile_var("IMAGE_STEPS").split()
+    found = specs()
+    assert sorted(found) == sorted(STEPS)
+    for step, spec in found.items():
+        container = spec["implementation"]["container"]
+        # <registry>/<project>-<step>:<tag>; pipeline.py sets registry and tag at compile time
+        match = re.fullmatch(r"(?:(?P<registry>[^:]+(?::\d+)?(?:/[^:]+)*)/)?"
+                             r"(?P<name>[a-z0-9-]+)(?::(?P<tag>[\w][\w.-]*))?",
+                             container["image"])
+        assert match, f"{step}: bad image reference {container['image']!r}"
+        assert match["name"] == f"{PROJECT}-{step}", f"{step}: image {container['image']!r}"
+        assert (IMAGES / f"{step}.Dockerfile").is_file(), f"no images/{step}.Dockerfile"
+        assert step in built, f"`make build-images` does not build {step}"
+        assert container["command"] == ["python", "-m", f"components.{step}"]
+
+
+def test_every_dockerfile_is_a_step_or_the_base():
+    dockerfiles = {p.name.removesuffix(".Dockerfile") for p in IMAGES.glob("*.Dockerfile")}
+    assert dockerfiles == {*STEPS, "base"}
+    assert sorted(makefile_var("IMAGE_STEPS").split()) == sorted(STEPS)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_dockerfile_conventions(step):
+    text = (IMAGES / f"{step}.Dockerfile").read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert not any(line.startswith("ENTRYPOINT") for line in instructions)
+    assert f'CMD ["python", "-m", "components.{step}", "--help"]' in text
+    # the code is copied last (after the dependency layers) and the step runs as non-root
+    copies = [line for line in instructions if line.startswith("COPY")]
+    assert copies[-1] == "COPY components/ /app/components/"
+    assert instructions[-2:][0] == "USER 1000:1000"
+    assert "--mount=type=cache,target=/root/.cache/uv" in text
+    assert "--frozen" in text
+    # the dependency stage sees only pyproject.toml and uv.lock
+    deps = text.split("FROM ${BASE_IMAGE}")[0]
+    assert [line for line in deps.splitlines() if line.startswith("COPY")] == [
+        "COPY pyproject.toml uv.lock ./"]
+    ignore = IMAGES / f"{step}.Dockerfile.dockerignore"
+    assert ignore.exists() and ignore.read_text() == (IMAGES / "common.dockerignore").read_text()
+
+
+def test_extras_per_image_are_in_the_lock():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    project = next(p for p in lock["package"] if p["name"] == pyproject["project"]["name"])
+    used = set()
+    for step in STEPS:
+        used |= set(re.findall(r"--extra (\w+)", (IMAGES / f"{step}.Dockerfile").read_text()))
+    assert used == {"ingest", "validate", "model", "push"}
+    for extra in used:
+        assert extra in extras and extra in project["optional-dependencies"]
+    # no TensorFlow where a step does not need it
+    assert not any(d.startswith("tensorflow") for d in extras["push"])
+    # the TensorFlow-family extras cannot share an environment with the SDK (protobuf 4 vs 6)
+    conflicts = [{item["extra"] for item in group}
+                 for group in pyproject["tool"]["uv"]["conflicts"]]
+    for extra in ("runtime", "ingest", "validate", "model"):
+        assert {extra, "sdk"} in conflicts
+
+
+def test_pipeline_uses_the_names_make_builds():
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    import pipeline
+
+    dry_run = subprocess.run(["make", "-n", "build-images"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    tag = re.search(r"\bTAG=(\S+)", dry_run)[1]
+    registry = re.search(r"\bREGISTRY=(\S+)", dry_run)[1]
+    assert pipeline.default_image_tag() == tag
+    assert registry == pipeline.DEFAULT_REGISTRY
+    for step in STEPS:
+        assert pipeline.image_name(step, registry, tag) == f"{registry}/{PROJECT}-{step}:{tag}"
+
+
+# --- the built images ------------------------------------------------------------------------
+
+def _docker_ready() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker client"
+    try:
+        subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "no Docker daemon"
+    return None
+
+
+def _tag() -> str:
+    if os.environ.get("IMAGE_TAG"):
+        return os.environ["IMAGE_TAG"]
+    import pipeline
+
+    return pipeline.default_image_tag()
+
+
+def image(step: str) -> str:
+    return f"{os.environ.get('IMAGE_REGISTRY', 'local')}/{PROJECT}-{step}:{_tag()}"
+
+
+@pytest.fixture(scope="module")
+def built():
+    reason = _docker_ready()
+    if reason:
+        pytest.skip(reason)
+    missing = [image(s) for s in STEPS
+               if subprocess.run(["docker", "image", "inspect", image(s)],
+                                 capture_output=True).returncode != 0]
+    if missing:
+        pytest.skip(f"images not built (make build-images): {', '.join(missing)}")
+    return {s: image(s) for s in STEPS}
+
+
+def docker_run(img: str, *command: str, user: str | None = None, volumes=(), timeout=600):
+    args = ["docker", "run", "--rm"]
+    if user:
+        args += ["--user", user]
+    for volume in volumes:
+        args += ["-v", volume]
+    return subprocess.run([*args, img, *command], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("step", STEPS)
+def test_step_help_in_its_image(built, step):
+    done = docker_run(built[step], "python", "-m", f"components.{step}", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"usage: python -m components.{step}" in done.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("step", STEPS)
+def test_image_config(built, step):
+    info = json.loads(subprocess.run(["docker", "image", "inspect", built[step]],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    config = info["Config"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert config["User"] == "1000:1000"
+    assert not config.get("Entrypoint")
+    assert config["WorkingDir"] == "/app"
+    assert config["Cmd"][:3] == ["python", "-m", f"components.{step}"]
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert env["PYTHONUNBUFFERED"] == "1" and env["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert env["CODE_VERSION"] not in ("", "unknown")
+    assert env["CODE_VERSION"] == config["Labels"]["org.opencontainers.image.version"]
+    secret = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|AWS_|CREDENTIAL", re.I)
+    assert not [key for key in env if secret.search(key)]
+    # nothing of the build stage (sources, uv's cache, pip settings) in the image
+    done = docker_run(built[step], "sh", "-c",
+                      "test ! -e /src && test ! -e /root/.cache/uv && test ! -e /etc/pip.conf "
+                      "&& test ! -e /opt/uv && id -u", user="0")
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+
+
+PROBE = """
+import importlib, importlib.util, json, sys
+wanted = sys.argv[1].split(",")
+absent = sys.argv[2].split(",") if len(sys.argv) > 2 and sys.argv[2] else []
+for name in wanted:
+    importlib.import_module(name)
+print(json.dumps({name: importlib.util.find_spec(name) is not None for name in absent}))
+"""
+NEEDS = {
+    "ingest": ("tfx_bsl.coders.example_coder,pyarrow,numpy,google_crc32c,yaml,minio",
+               "tensorflow,apache_beam,pandas"),
+    "validate": ("tensorflow_data_validation,tensorflow_metadata.proto.v0.schema_pb2,tfx_bsl,"
+                 "apache_beam.options.pipeline_options,dill,minio,yaml,tensorflow", ""),
+    "transform": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam"),
+    "train": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam"),
+    "evaluate": ("tensorflow,keras,sklearn.metrics,matplotlib.figure,minio,yaml,"
+                 "components.common.registry", "tensorflow_data_validation,apache_beam"),
+    "push": ("minio,yaml,components.common.registry", "tensorflow,keras,numpy"),
+}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("step", STEPS)
+def test_image_has_what_its_step_imports_and_no_more(built, step):
+    """Imports as an arbitrary uid (Kubernetes runAsUser, kfp.local as the host user)."""
+    wanted, absent = NEEDS[step]
+    done = docker_run(built[step], "python", "-c", PROBE, wanted, absent, user="4321:4321")
+    assert done.returncode == 0, done.stderr[-3000:]
+    present = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not [name for name, found in present.items() if found], present
+
+
+def _examples(examples: Path) -> dict[str, list]:
+    """Parsed tf.Examples per file, in order (the serialized bytes vary between runs: protobuf
+    does not order map fields)."""
+    from tensorflow.core.example import example_pb2
+
+    parsed = {}
+    for path in sorted(examples.glob("*/*.gz")):
+        data, records = gzip.decompress(path.read_bytes()), []
+        offset = 0
+        while offset < len(data):  # TFRecord framing: length, crc, payload, crc
+            (length,) = struct.unpack_from("<Q", data, offset)
+            records.append(example_pb2.Example.FromString(data[offset + 12:offset + 12 + length]))
+            offset += 16 + length
+        parsed[str(path.relative_to(examples))] = records
+    return parsed
+
+
+@pytest.mark.docker
+def test_ingest_then_validate_in_their_images(built, tmp_path):
+    """The pruned installs (ingest without TensorFlow, validate without Vertex AI) do the work:
+    ingest in its image writes the same examples as on the host, validate reads them."""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o777)  # the steps run as an arbitrary uid
+    user = "4321:4321"
+    done = docker_run(built["ingest"], "python", "-m", "components.ingest",
+                      "--source", "/data/sample.csv", "--output", f"{work}/examples",
+                      "--store", f"{work}/store", user=user,
+                      volumes=[f"{REAL_SAMPLE}:/data/sample.csv:ro", f"{work}:{work}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((work / "examples" / "metadata.json").read_text())
+
+    host = tmp_path / "host"
+    local = run_cli("components.ingest", "--source", str(REAL_SAMPLE),
+                    "--output", str(host / "examples"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    host_meta = json.loads((host / "examples" / "metadata.json").read_text())
+    assert meta["dataset_version"] == host_meta["dataset_version"]
+    assert _examples(work / "examples") == _examples(host / "examples")
+
+    done = docker_run(built["validate"], "python", "-m", "components.validate",
+                      "--examples", f"{work}/examples", "--output", f"{work}/validation",
+                      "--fail-on-anomalies", "false", user=user, volumes=[f"{work}:{work}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((work / "validation" / "summary.json").read_text())
+    assert summary
+    assert (work / "validation" / "report.html").is_file()
