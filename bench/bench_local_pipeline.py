@@ -1,0 +1,76 @@
+"""Wall time of the whole pipeline run locally in containers, per step, as rows grow.
+
+    .venv-sdk/bin/python bench/bench_local_pipeline.py [--rows 20000 200000] [--workdir bench/out]
+
+Needs the step images (`make build-images`). For each row count it generates complaints with
+components.datagen, runs `pipeline.py --run local` in a fresh work directory (so every run is a
+first run: no baseline data version, no registry version), and reads the run's summary.json.
+Prints a Markdown table of per-step seconds and the growth factor between row counts, and
+writes `<workdir>/bench_local_pipeline.json`. Judges nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_once(rows: int, workdir: Path, seed: int, hparams: str) -> dict:
+    data = workdir / f"complaints-{rows}-seed{seed}.csv"
+    if not data.exists():
+        subprocess.run([sys.executable, "-m", "components.datagen", "--rows", str(rows),
+                        "--seed", str(seed), "--out", str(data)], cwd=REPO, check=True)
+    runs = workdir / f"local-{rows}"
+    shutil.rmtree(runs, ignore_errors=True)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "--run", "local",
+                             "--workdir", str(runs), "--source", str(data), "--hparams", hparams],
+                            cwd=REPO, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    (workdir / f"local-{rows}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"run on {rows} rows failed; see {workdir}/local-{rows}.log")
+    summary = json.loads((runs / "latest" / "summary.json").read_text())
+    return {"rows": rows, "wall_seconds": round(wall, 1),
+            "steps": {s["name"]: s["seconds"] for s in summary["steps"]},
+            "auc": summary["metrics"].get("auc")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--hparams", default="{}")
+    parser.add_argument("--workdir", default=str(REPO / "bench" / "out"))
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = [run_once(rows, workdir, args.seed, args.hparams) for rows in args.rows]
+    steps = list(results[0]["steps"])
+    header = "| step | " + " | ".join(f"{r['rows']:,} rows" for r in results)
+    header += " | growth |" if len(results) > 1 else " |"
+    print(header)
+    print("|---" * (len(results) + 1 + (len(results) > 1)) + "|")
+    for name in [*steps, "whole run (wall)"]:
+        values = [r["wall_seconds"] if name.startswith("whole") else r["steps"][name]
+                  for r in results]
+        cells = " | ".join(f"{v:.1f} s" for v in values)
+        growth = (f" | {values[-1] / values[0]:.1f}x" if len(values) > 1 and values[0] else
+                  (" | " if len(values) > 1 else ""))
+        print(f"| {name} | {cells}{growth} |")
+    print("AUC: " + ", ".join(f"{r['rows']:,} rows {r['auc']:.4f}" for r in results))
+    out = workdir / "bench_local_pipeline.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
