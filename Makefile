@@ -16,7 +16,7 @@ SEED ?= 42
 LOCAL := local_runs
 SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
 
-.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps bench bench-model clean
+.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps bench bench-model bench-pipeline clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench: $(VENV)/.synced  ## ingest/validate figures on 1,000,000 rows (see bench/
 
 bench-model: $(VENV)/.synced  ## training figures on 100,000 rows, AUC vs a TF-IDF baseline
 	$(RUN) bench/bench_model.py
+
+bench-pipeline: $(VENV_SDK)/.synced build-images  ## local container run at 20,000 and 200,000 rows
+	$(RUN_SDK) bench/bench_local_pipeline.py
 
 clean:  ## remove environments and local runs
 	rm -rf $(VENV) $(VENV_SDK) $(LOCAL) pipeline.yaml
