@@ -125,6 +125,8 @@ def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None
                              "log_loss")},
         "blessed": params["evaluate"].get("blessed"),
         "model_version": params["push"].get("model_version") or None,
+        "deployed": params["deploy"].get("deployed"),
+        "deployment_revision": params["deploy"].get("revision") or None,
         "registry": str(registry / model_name),
         "reports": reports,
     }
@@ -144,6 +146,8 @@ def print_summary(summary: dict) -> None:
     print(f"  metrics:          {shown or '-'}")
     print(f"  blessed:          {summary['blessed']}")
     print(f"  model version:    {summary['model_version'] or 'none pushed'}")
+    print(f"  deployed:         {summary['deployed']} (canary, deployment revision "
+          f"{summary['deployment_revision']})")
     print(f"  registry:         {summary['registry']}")
     for step, uri in summary["reports"].items():
         print(f"  {step} report: {uri}")
@@ -185,7 +189,7 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
     try:
         training_pipeline(source=source, data_store=str(store), registry=str(registry),
                           model_name=model_name, fail_on_anomalies=fail_on_anomalies,
-                          hparams=hparams)
+                          hparams=hparams, deploy_target="local")
     except RuntimeError as exc:
         message = ANSI.sub("", str(exc))
         match = re.search(r"Inner task failed: '([^']+)'", message)

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 COMPONENTS = ROOT / "components"
 PIPELINE_NAME = "cfpb-continuous-training"
-STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push")
+STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push", "deploy")
 
 # Where the steps find MinIO on a cluster: KFP's own MinIO and its credentials Secret by default.
 S3_ENDPOINT_URL = "http://minio-service.kubeflow:9000"
@@ -80,7 +80,7 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         name=PIPELINE_NAME,
         description="New data in: ingest and version it, validate it (TFDV), fit the "
                     "preprocessing, train, analyse and bless the model against the current one, "
-                    "and publish it as a new registry version.",
+                    "publish it as a new registry version and deploy it as a canary.",
     )
     def training_pipeline(
         source: str,
@@ -93,6 +93,10 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         thresholds: str = "",
         registry: str = "s3://mlpipeline/cfpb/models",
         model_name: str = "cfpb-disputes",
+        deploy_target: str = "kserve",
+        canary_percent: int = 10,
+        serving_namespace: str = "",
+        serving_account: str = "",
     ):
         ingest = with_storage_access(steps["ingest"](
             source=source, dataset_config=dataset_config, eval_fraction=eval_fraction,
@@ -121,6 +125,12 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
             model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
             registry=registry, model_name=model_name))
         push.set_display_name("Publish to model registry (if blessed)")
+        deploy = with_storage_access(steps["deploy"](
+            registry=registry, model_name=model_name, version=push.outputs["model_version"],
+            pushed=push.outputs["pushed"], strategy="canary", canary_percent=canary_percent,
+            target=deploy_target, namespace=serving_namespace,
+            service_account=serving_account))
+        deploy.set_display_name("Deploy as canary (if pushed)")
 
     return training_pipeline
 

@@ -22,7 +22,7 @@ import yaml
 from tests.conftest import REAL_SAMPLE, ROOT, run_cli
 
 IMAGES = ROOT / "images"
-STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push")
+STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push", "deploy")
 TENSORFLOW_STEPS = ("validate", "transform", "train", "evaluate")
 
 
@@ -95,7 +95,7 @@ def test_extras_per_image_are_in_the_lock():
     used = set()
     for step in STEPS:
         used |= set(re.findall(r"--extra (\w+)", (IMAGES / f"{step}.Dockerfile").read_text()))
-    assert used == {"ingest", "validate", "model", "push"}
+    assert used == {"ingest", "validate", "model", "push", "deploy"}
     for extra in used:
         assert extra in extras and extra in project["optional-dependencies"]
     # no TensorFlow where a step does not need it

@@ -65,12 +65,15 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     first = run(work, generate(tmp_path / "first.csv", 6000, seed=31))
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     summary = json.loads((work / "latest" / "summary.json").read_text())
-    assert [s["status"] for s in summary["steps"]] == ["success"] * 6
+    assert [s["status"] for s in summary["steps"]] == ["success"] * 7
     assert all(s["seconds"] and s["seconds"] > 0 for s in summary["steps"])
     assert summary["dataset_version"].startswith("ds-")
     assert summary["anomalies_found"] is False
     assert 0.5 < summary["metrics"]["auc"] <= 1.0
     assert summary["blessed"] is True and summary["model_version"] == 1
+    assert summary["deployed"] is True
+    deployment = json.loads((work / "registry" / "cfpb-disputes" / "deployment.json").read_text())
+    assert deployment["traffic"] == {"1": 100}  # the first version has no stable to split with
     index = json.loads((work / "registry" / "cfpb-disputes" / "index.json").read_text())
     assert index["current"] == 1
     assert index["versions"][0]["dataset_version"] == summary["dataset_version"]
@@ -83,7 +86,8 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     summary = json.loads((work / "latest" / "summary.json").read_text())
     statuses = {s["name"]: s["status"] for s in summary["steps"]}
     assert statuses["ingest"] == "success" and statuses["validate"] == "failure"
-    assert all(statuses[s] == "not run" for s in ("transform", "train", "evaluate", "push"))
+    assert all(statuses[s] == "not run"
+               for s in ("transform", "train", "evaluate", "push", "deploy"))
     assert summary["failed_step"] == "validate" and "consumer_disputed" in summary["reason"]
     assert second.stderr.strip().splitlines()[-1].startswith("error: local run: step validate")
     assert json.loads((work / "registry" / "cfpb-disputes" / "index.json").read_text()) == index

@@ -1,0 +1,147 @@
+"""Deploy core: move a registry version into service by a strategy (canary, promote, rollback).
+
+target local: the registry's deployment record (`components/common/deployment.py`), which the
+local model server watches, plus TF Serving's model_config for the resulting deployment.
+target kserve: an InferenceService (`kserve.py`). Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from components.common import deployment, registry, storage
+from components.common.errors import StepError
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("local", "kserve")
+STATUS_DEPLOYED = "deployed"
+STATUS_UNCHANGED = "unchanged"
+STATUS_NOT_PUSHED = "skipped: not pushed"
+RESULT_FILE = "deploy.json"
+MODEL_CONFIG_FILE = "model_config.pbtxt"
+RECORD_FILE = deployment.DEPLOYMENT_FILE
+MANIFEST_FILE = "inferenceservice.json"
+
+
+def _check_request(strategy: str, target: str, version: int | None, canary_percent: int) -> None:
+    if strategy not in deployment.STRATEGIES:
+        raise StepError(f"strategy {strategy!r}: expected one of "
+                        f"{', '.join(deployment.STRATEGIES)}")
+    if target not in TARGETS:
+        raise StepError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
+    if strategy != "rollback" and version is None:
+        raise StepError(f"strategy {strategy} needs --version N (a registry version)")
+    if not 0 <= canary_percent <= 100:
+        raise StepError(f"canary percent {canary_percent}: expected 0..100")
+
+
+def _check_in_index(registry_uri: str, model_name: str, version: int) -> None:
+    known = [e["version"] for e in registry.read_index(registry_uri, model_name)["versions"]]
+    if version not in known:
+        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: version {version} is "
+                        f"not in the registry index (versions: {known or 'none'}); only pushed "
+                        "versions can be deployed")
+
+
+def deploy(registry_uri: str, model_name: str, version: int | None, strategy: str, *,
+           canary_percent: int = 10, target: str = "local", pushed: bool = True,
+           output: str | None = None, kserve_target=None, kserve_api=None,
+           timeout_seconds: float = 300, poll_seconds: float = 1.0) -> dict:
+    """Deploy and return the result (deploy.json): deployed, status, revision, ...
+
+    `pushed` false or version 0 (push's outputs when the model was not blessed) is a skip:
+    nothing is read or written but the result. For kserve, `kserve_target` is a
+    `kserve.Target` and `kserve_api` a `kserve.KServeApi` (made from the kubeconfig if None).
+    """
+    _check_request(strategy, target, version, canary_percent)
+    registry.check_model_name(model_name)
+    result = {"deployed": False, "status": STATUS_NOT_PUSHED, "revision": 0,
+              "model_name": model_name, "version": version or 0, "strategy": strategy,
+              "target": target, "registry": registry_uri}
+    if not pushed or version == 0:
+        log.info("version %s of %s was not pushed; nothing to deploy", version, model_name)
+        _write_output(output, result)
+        return result
+    if strategy != "rollback":
+        _check_in_index(registry_uri, model_name, version)
+    if target == "local":
+        result = {**result, **_deploy_local(registry_uri, model_name, version, strategy,
+                                            canary_percent, output)}
+    else:
+        result = {**result, **_deploy_kserve(registry_uri, model_name, version, strategy,
+                                             canary_percent, kserve_target, kserve_api,
+                                             timeout_seconds, poll_seconds, output)}
+    _write_output(output, result)
+    return result
+
+
+def _deploy_local(registry_uri: str, model_name: str, version: int | None, strategy: str,
+                  canary_percent: int, output: str | None) -> dict:
+    record = deployment.load(registry_uri, model_name)
+    known = [e["version"] for e in registry.read_index(registry_uri, model_name)["versions"]]
+    new = deployment.apply_strategy(record, strategy, version, canary_percent,
+                                    known_versions=known)
+    changed = new["revision"] != record["revision"]
+    uri = deployment.deployment_uri(registry_uri, model_name)
+    if changed:
+        deployment.save(registry_uri, model_name, new)
+        log.info("%s: revision %d (%s): traffic %s", uri, new["revision"], strategy,
+                 new["traffic"])
+    else:
+        log.info("%s: already in the requested state (revision %d); unchanged", uri,
+                 new["revision"])
+    if output:
+        config = deployment.tf_serving_model_config(
+            new, model_name, registry.model_uri(registry_uri, model_name))
+        storage.write_bytes(storage.join(output, MODEL_CONFIG_FILE), config.encode())
+        storage.write_bytes(storage.join(output, RECORD_FILE),
+                            (json.dumps(new, indent=2, sort_keys=True) + "\n").encode())
+    return {
+        "deployed": True,
+        "status": STATUS_DEPLOYED if changed else STATUS_UNCHANGED,
+        "revision": new["revision"],
+        "version": deployment.stable_version(new) if strategy == "rollback" else version,
+        "versions": new["versions"],
+        "traffic": new["traffic"],
+        "record": uri,
+    }
+
+
+def _deploy_kserve(registry_uri: str, model_name: str, version: int | None, strategy: str,
+                   canary_percent: int, target, api, timeout_seconds: float,
+                   poll_seconds: float, output: str | None) -> dict:
+    from components.deploy import kserve
+
+    if target is None:
+        raise StepError("target kserve needs a namespace and a service name")
+    if strategy != "rollback":
+        kserve.ensure_serving_copy(registry_uri, model_name, version, target.storage_uri_prefix)
+    api = api or kserve.KServeApi()
+    outcome = kserve.deploy(api, target, model_name, strategy, version, canary_percent,
+                            timeout_seconds=timeout_seconds, poll_seconds=poll_seconds)
+    if output:
+        storage.write_bytes(storage.join(output, MANIFEST_FILE),
+                            (json.dumps(outcome["inference_service"], indent=2, sort_keys=True)
+                             + "\n").encode())
+    return {
+        "deployed": True,
+        "status": STATUS_DEPLOYED,
+        "revision": outcome["revision"],
+        "version": outcome["version"],
+        "storage_uri": outcome["storage_uri"],
+        "canary_traffic_percent": outcome["canary_traffic_percent"],
+        "inference_service": f"{target.namespace}/{target.name}",
+        "url": outcome["url"],
+    }
+
+
+def _write_output(output: str | None, result: dict) -> None:
+    if not output:
+        return
+    if not storage.is_s3(output):
+        os.makedirs(output, exist_ok=True)
+    storage.write_bytes(storage.join(output, RESULT_FILE),
+                        (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
