@@ -36,7 +36,7 @@ TAG ?= $(VERSION)-$(or $(GIT_SHA),dev)
 CODE_VERSION ?= $(VERSION)$(if $(GIT_SHA),+$(GIT_SHA))
 PYTHON_IMAGE ?= python:3.11-slim-bookworm
 LOCAL_PYTHON_IMAGE := local/python:3.11-bookworm
-IMAGE_STEPS := ingest validate transform train evaluate push deploy
+IMAGE_STEPS := ingest validate transform train evaluate push deploy serve
 IMAGES_ENV = PROJECT=$(PROJECT) REGISTRY=$(REGISTRY) TAG=$(TAG) CODE_VERSION=$(CODE_VERSION) \
 	PYTHON_IMAGE=$(PYTHON_IMAGE)
 

@@ -23,6 +23,8 @@ from tests.conftest import REAL_SAMPLE, ROOT, run_cli
 
 IMAGES = ROOT / "images"
 STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push", "deploy")
+SERVICES = ("serve",)  # long-running images without a component.yaml
+BUILT = STEPS + SERVICES
 TENSORFLOW_STEPS = ("validate", "transform", "train", "evaluate")
 
 
@@ -61,11 +63,11 @@ def test_every_spec_names_an_image_make_builds():
 
 def test_every_dockerfile_is_a_step_or_the_base():
     dockerfiles = {p.name.removesuffix(".Dockerfile") for p in IMAGES.glob("*.Dockerfile")}
-    assert dockerfiles == {*STEPS, "base"}
-    assert sorted(makefile_var("IMAGE_STEPS").split()) == sorted(STEPS)
+    assert dockerfiles == {*BUILT, "base"}
+    assert sorted(makefile_var("IMAGE_STEPS").split()) == sorted(BUILT)
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", BUILT)
 def test_dockerfile_conventions(step):
     text = (IMAGES / f"{step}.Dockerfile").read_text()
     instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
@@ -93,9 +95,9 @@ def test_extras_per_image_are_in_the_lock():
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     project = next(p for p in lock["package"] if p["name"] == pyproject["project"]["name"])
     used = set()
-    for step in STEPS:
+    for step in BUILT:
         used |= set(re.findall(r"--extra (\w+)", (IMAGES / f"{step}.Dockerfile").read_text()))
-    assert used == {"ingest", "validate", "model", "push", "deploy"}
+    assert used == {"ingest", "validate", "model", "push", "deploy", "serve"}
     for extra in used:
         assert extra in extras and extra in project["optional-dependencies"]
     # no TensorFlow where a step does not need it
@@ -151,12 +153,12 @@ def built():
     reason = _docker_ready()
     if reason:
         pytest.skip(reason)
-    missing = [image(s) for s in STEPS
+    missing = [image(s) for s in BUILT
                if subprocess.run(["docker", "image", "inspect", image(s)],
                                  capture_output=True).returncode != 0]
     if missing:
         pytest.skip(f"images not built (make build-images): {', '.join(missing)}")
-    return {s: image(s) for s in STEPS}
+    return {s: image(s) for s in BUILT}
 
 
 def docker_run(img: str, *command: str, user: str | None = None, volumes=(), timeout=600):
@@ -170,7 +172,7 @@ def docker_run(img: str, *command: str, user: str | None = None, volumes=(), tim
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", BUILT)
 def test_step_help_in_its_image(built, step):
     done = docker_run(built[step], "python", "-m", f"components.{step}", "--help")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -178,7 +180,7 @@ def test_step_help_in_its_image(built, step):
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", BUILT)
 def test_image_config(built, step):
     info = json.loads(subprocess.run(["docker", "image", "inspect", built[step]],
                                      capture_output=True, text=True, check=True).stdout)[0]
@@ -219,11 +221,14 @@ NEEDS = {
     "evaluate": ("tensorflow,keras,sklearn.metrics,matplotlib.figure,minio,yaml,"
                  "components.common.registry", "tensorflow_data_validation,apache_beam"),
     "push": ("minio,yaml,components.common.registry", "tensorflow,keras,numpy"),
+    "deploy": ("kubernetes.client,minio,yaml,components.common.deployment", "tensorflow,keras"),
+    "serve": ("tensorflow,tensorflow_serving.apis.prediction_service_pb2_grpc,grpc,minio,yaml",
+              "tensorflow_data_validation,apache_beam,sklearn"),
 }
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", BUILT)
 def test_image_has_what_its_step_imports_and_no_more(built, step):
     """Imports as an arbitrary uid (Kubernetes runAsUser, kfp.local as the host user)."""
     wanted, absent = NEEDS[step]
