@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_once(rows: int, workdir: Path, seed: int, hparams: str) -> dict:
+def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) -> dict:
     data = workdir / f"complaints-{rows}-seed{seed}.csv"
     if not data.exists():
         subprocess.run([sys.executable, "-m", "components.datagen", "--rows", str(rows),
@@ -31,7 +31,8 @@ def run_once(rows: int, workdir: Path, seed: int, hparams: str) -> dict:
     shutil.rmtree(runs, ignore_errors=True)
     started = time.monotonic()
     result = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "--run", "local",
-                             "--workdir", str(runs), "--source", str(data), "--hparams", hparams],
+                             "--workdir", str(runs), "--source", str(data), "--hparams", hparams,
+                             "--image-tag", image_tag],
                             cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - started
     (workdir / f"local-{rows}.log").write_text(result.stdout + result.stderr)
@@ -49,10 +50,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--hparams", default="{}")
     parser.add_argument("--workdir", default=str(REPO / "bench" / "out"))
+    parser.add_argument("--image-tag", default=None,
+                        help="tag of the step images (default: make build-images' default)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    import pipeline
+
+    image_tag = args.image_tag or pipeline.default_image_tag()  # fixed for the whole bench
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    results = [run_once(rows, workdir, args.seed, args.hparams) for rows in args.rows]
+    results = [run_once(rows, workdir, args.seed, args.hparams, image_tag) for rows in args.rows]
     steps = list(results[0]["steps"])
     header = "| step | " + " | ".join(f"{r['rows']:,} rows" for r in results)
     header += " | growth |" if len(results) > 1 else " |"
