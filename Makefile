@@ -16,7 +16,7 @@ SEED ?= 42
 LOCAL := local_runs
 SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
 
-.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps bench bench-model bench-pipeline clean
+.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps serve bench bench-model bench-pipeline clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -109,6 +109,9 @@ run-steps: $(VENV)/.synced $(SAMPLE)  ## the same chain as plain processes (no D
 	echo "run: $$run"; \
 	echo "reports: $$run/validation/report.html $$run/evaluation/report.html"; \
 	echo "registry: $(LOCAL)/registry/$(MODEL_NAME)/index.json"
+
+serve: $(VENV)/.synced  ## serve the local registry's deployed versions: REST :8501, gRPC :8500
+	$(RUN) -m components.serve --registry $(LOCAL)/registry --model-name $(MODEL_NAME)
 
 bench: $(VENV)/.synced  ## ingest/validate figures on 1,000,000 rows (see bench/README.md)
 	$(RUN) bench/bench_ingest_validate.py
