@@ -42,16 +42,11 @@ MB = 1_000_000
 
 
 def default_tag() -> str:
-    """The Makefile's default TAG: <version in pyproject>-<git short sha> (or -dev)."""
-    import tomllib
+    """The Makefile's default TAG, as pipeline.py computes it (one definition)."""
+    sys.path.insert(0, str(REPO))
+    import pipeline
 
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                             capture_output=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = "dev"
-    return f"{version}-{sha}"
+    return pipeline.default_image_tag()
 
 
 class _UnixConnection(http.client.HTTPConnection):
