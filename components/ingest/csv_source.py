@@ -26,8 +26,9 @@ class HashingReader:
         self.sha256 = hashlib.sha256()
         self.bytes_read = 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        # Reading by line from a buffered stream keeps memory bounded by the longest line.
+    def blocks(self) -> Iterator[bytes]:
+        """About 1 MB at a time, each block ending at a newline (the last one may not):
+        memory stays bounded by the block size plus the longest line."""
         pending = b""
         while True:
             chunk = self._stream.read(1 << 20)
@@ -35,10 +36,12 @@ class HashingReader:
                 break
             self.sha256.update(chunk)
             self.bytes_read += len(chunk)
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                yield line + b"\n"
+            cut = chunk.rfind(b"\n")
+            if cut < 0:
+                pending += chunk
+                continue
+            yield pending + chunk[:cut + 1]
+            pending = chunk[cut + 1:]
         if pending:
             yield pending
 
@@ -55,27 +58,46 @@ class CsvRows:
         self.name = name
         self.delimiter = delimiter
         self.source = HashingReader(stream)
-        self.line_number = 0
         self.row_number = 0
         csv.field_size_limit(max_field_bytes)
         self.max_field_bytes = max_field_bytes
         self._reader = csv.reader(self._decoded_lines(), delimiter=delimiter, strict=True)
         self.header = self._read_header()
 
+    @property
+    def line_number(self) -> int:
+        """Physical lines consumed so far (the csv reader counts what it takes)."""
+        return self._reader.line_num
+
     def _decoded_lines(self) -> Iterator[str]:
-        for raw in self.source:
-            self.line_number += 1
+        """Lines split on "\n" only (a narrative may hold other line breaks such as U+2028),
+        decoded a block at a time; an invalid byte is located at its exact line and byte."""
+        lines_before = 0
+        for block in self.source.blocks():
             try:
-                text = raw.decode("utf-8")
+                text = block.decode("utf-8")
+            except UnicodeDecodeError:
+                self._raise_decode_error(block, lines_before)
+            if lines_before == 0 and text.startswith(BOM):
+                text = text[1:]
+            lines = text.split("\n")
+            last = lines.pop()  # "" when the block ends with a newline
+            lines_before += len(lines)
+            yield from [line + "\n" for line in lines]
+            if last:
+                lines_before += 1
+                yield last
+
+    def _raise_decode_error(self, block: bytes, lines_before: int) -> None:
+        for number, raw in enumerate(block.split(b"\n"), start=lines_before + 1):
+            try:
+                raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise StepError(
-                    f"{self.name}: line {self.line_number}, byte {exc.start + 1}: "
-                    f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r}); "
-                    "save the file as UTF-8"
+                    f"{self.name}: line {number}, byte {exc.start + 1}: "
+                    f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r}); save the file as UTF-8"
                 ) from exc
-            if self.line_number == 1 and text.startswith(BOM):
-                text = text[1:]
-            yield text
+        raise StepError(f"{self.name}: invalid UTF-8 after line {lines_before}")
 
     def _next_record(self) -> list[str] | None:
         start_line = self.line_number + 1
