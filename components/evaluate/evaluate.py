@@ -69,17 +69,18 @@ def _read_json(path: str, what: str) -> dict:
 
 def _registry_entry(saved_model_dir: str) -> dict | None:
     """The index entry of `<registry>/<name>/<N>/` when the directory is a registry version."""
+    from components.common import registry
+
     directory = os.path.abspath(saved_model_dir)
-    name = os.path.basename(directory)
-    index = os.path.join(os.path.dirname(directory), "index.json")
-    if not name.isdigit() or not os.path.isfile(index):
+    model_dir = os.path.dirname(directory)
+    if not os.path.basename(directory).isdigit() or \
+            not os.path.isfile(os.path.join(model_dir, registry.INDEX_FILE)):
         return None
     try:
-        versions = _read_json(index, "registry index").get("versions") or []
+        index = registry.read_index(os.path.dirname(model_dir), os.path.basename(model_dir))
     except StepError:
         return None
-    return next((v for v in versions if isinstance(v, dict)
-                 and str(v.get("version")) == name), None)
+    return registry.find_version(index, version=int(os.path.basename(directory)))
 
 
 def describe_local_model(path: str, role: str) -> tuple[str, dict]:

@@ -27,7 +27,6 @@ from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_FILE = "deployment.json"
 SIGNATURE = "serving_default"
 OUTPUT = "probability"
 
@@ -56,30 +55,6 @@ class Deployment:
                            sorted(self.traffic.items())])
 
 
-def _load_deployment_record(registry_uri: str, model_name: str) -> dict | None:
-    """The raw deployment record, or None (or an empty record) when there is none.
-
-    Uses `components.common.deployment.load` (which also validates it) when that module exists;
-    otherwise reads `<registry>/<model_name>/deployment.json` itself.
-    """
-    try:
-        from components.common import deployment as shared  # type: ignore[attr-defined]
-    except ImportError:
-        shared = None
-    if shared is not None and hasattr(shared, "load"):
-        return shared.load(registry_uri, model_name)
-    uri = storage.join(registry.model_uri(registry_uri, model_name), DEPLOYMENT_FILE)
-    if not storage.exists(uri):
-        return None
-    try:
-        record = json.loads(storage.read_bytes(uri))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StepError(f"{uri}: not valid JSON ({exc})") from exc
-    if not isinstance(record, dict):
-        raise StepError(f"{uri}: expected a JSON object")
-    return record
-
-
 def parse_deployment(record: Mapping) -> Deployment:
     """`{"versions": {"3": {"labels": [...]}}, "traffic": {"3": 90, ...}}` -> Deployment."""
     try:
@@ -101,11 +76,12 @@ def parse_deployment(record: Mapping) -> Deployment:
 def read_deployment(registry_uri: str, model_name: str) -> Deployment:
     """The deployment record, or the registry's current version as stable with 100%.
 
-    A missing record and one with no deployed versions (the shared reader's empty record) both
-    mean: serve `current`.
+    A missing record and one with no deployed versions both mean: serve `current`.
     """
-    record = _load_deployment_record(registry_uri, model_name)
-    if record is not None and record.get("versions"):
+    from components.common import deployment
+
+    record = deployment.load(registry_uri, model_name)  # validated; empty when none yet
+    if record.get("versions"):
         return parse_deployment(record)
     current = registry.read_index(registry_uri, model_name).get("current")
     if current is None:
