@@ -83,7 +83,7 @@ compile: $(VENV_SDK)/.synced  ## compile the pipeline package to pipeline.yaml
 	  --image-tag $(TAG)
 
 $(SAMPLE): | $(VENV_SDK)/.synced
-	$(RUN_SDK) -m components.datagen --rows $(ROWS) --seed $(SEED) --out $@
+	$(RUN_SDK) -m datagen --rows $(ROWS) --seed $(SEED) --out $@
 
 # The main job: the compiled pipeline run here by kfp.local, every step in its own image. The
 # data store and the model registry persist under local_runs/ between runs.

@@ -61,7 +61,7 @@ def sample_source(workdir: Path) -> Path:
     """The demo data, generated deterministically once (the same bytes on every machine)."""
     path = workdir / "data" / f"complaints-{SAMPLE_ROWS}-{SAMPLE_SEED}.csv"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "components.datagen", "--rows", str(SAMPLE_ROWS),
+        subprocess.run([sys.executable, "-m", "datagen", "--rows", str(SAMPLE_ROWS),
                         "--seed", str(SAMPLE_SEED), "--out", str(path)],
                        cwd=pipeline.ROOT, check=True)
     return path

@@ -150,7 +150,7 @@ def ensure_data(workdir: str, rows: int, seed: int) -> tuple[str, float | None]:
     if os.path.exists(path):
         return path, None
     partial = path + ".partial"  # renamed when complete, so an interrupted run is not reused
-    run = _check(measure("datagen", [PYTHON, "-m", "components.datagen", "--rows", str(rows),
+    run = _check(measure("datagen", [PYTHON, "-m", "datagen", "--rows", str(rows),
                                      "--seed", str(seed), "--out", partial],
                          os.path.join(workdir, "datagen.log")))
     os.replace(partial, path)

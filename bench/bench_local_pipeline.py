@@ -3,7 +3,7 @@
     .venv-sdk/bin/python bench/bench_local_pipeline.py [--rows 20000 200000] [--workdir bench/out]
 
 Needs the step images (`make build-images`). For each row count it generates complaints with
-components.datagen, runs `pipeline.py --run local` in a fresh work directory (so every run is a
+datagen, runs `pipeline.py --run local` in a fresh work directory (so every run is a
 first run: no baseline data version, no registry version), and reads the run's summary.json.
 Prints a Markdown table of per-step seconds and the growth factor between row counts, and
 writes `<workdir>/bench_local_pipeline.json`. Judges nothing.
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) -> dict:
     data = workdir / f"complaints-{rows}-seed{seed}.csv"
     if not data.exists():
-        subprocess.run([sys.executable, "-m", "components.datagen", "--rows", str(rows),
+        subprocess.run([sys.executable, "-m", "datagen", "--rows", str(rows),
                         "--seed", str(seed), "--out", str(data)], cwd=REPO, check=True)
     runs = workdir / f"local-{rows}"
     shutil.rmtree(runs, ignore_errors=True)

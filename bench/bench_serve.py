@@ -117,7 +117,7 @@ def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(work)
     csv_path = os.path.join(work, "f.csv")
-    data = subprocess.run([PYTHON, "-m", "components.datagen", "--rows", "2000", "--seed", "1",
+    data = subprocess.run([PYTHON, "-m", "datagen", "--rows", "2000", "--seed", "1",
                            "--out", csv_path], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     if data.returncode != 0:

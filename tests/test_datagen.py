@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from components.datagen.generator import HEADER, iter_complaints, write_complaints
+from datagen.generator import HEADER, iter_complaints, write_complaints
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_HEADER = (
@@ -200,7 +200,7 @@ def test_bad_arguments_are_refused_in_python():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "components.datagen", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "datagen", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

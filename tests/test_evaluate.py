@@ -50,7 +50,7 @@ def examples(workdir):
     from tests.conftest import run_cli
 
     csv_path = workdir / "complaints.csv"
-    result = run_cli("components.datagen", "--rows", "3000", "--seed", "1",
+    result = run_cli("datagen", "--rows", "3000", "--seed", "1",
                      "--out", str(csv_path))
     assert result.returncode == 0, result.stderr
     out = workdir / "examples"

@@ -54,7 +54,7 @@ def tree(path):
 
 def test_worse_model_is_not_blessed_and_not_pushed(cli, tmp_path):
     registry = tmp_path / "registry"
-    ok(cli("components.datagen", "--rows", "4000", "--seed", "11",
+    ok(cli("datagen", "--rows", "4000", "--seed", "11",
            "--out", str(tmp_path / "good.csv")))
     train_chain(cli, tmp_path, "good", tmp_path / "good.csv")
     ok(cli("components.evaluate", "--model", str(tmp_path / "good-model"),

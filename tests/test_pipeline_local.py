@@ -54,7 +54,7 @@ def run(workdir, source, *extra):
 
 
 def generate(path, rows, seed, rate=0.25):
-    subprocess.run([sys.executable, "-m", "components.datagen", "--rows", str(rows), "--seed",
+    subprocess.run([sys.executable, "-m", "datagen", "--rows", str(rows), "--seed",
                     str(seed), "--disputed-rate", str(rate), "--out", str(path)],
                    cwd=ROOT, check=True, capture_output=True)
     return path

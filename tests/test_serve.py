@@ -58,7 +58,7 @@ def registry_root(tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("serve-models")
     data = subprocess.run(
-        [sys.executable, "-m", "components.datagen", "--rows", "2000", "--seed", "1",
+        [sys.executable, "-m", "datagen", "--rows", "2000", "--seed", "1",
          "--out", str(work / "f.csv")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert data.returncode == 0, data.stderr
     config = load_dataset_config()

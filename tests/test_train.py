@@ -25,7 +25,7 @@ def pipeline_dirs(tmp_path_factory):
     from tests.conftest import run_cli
 
     work = tmp_path_factory.mktemp("train")
-    result = run_cli("components.datagen", "--rows", "3000", "--seed", "5",
+    result = run_cli("datagen", "--rows", "3000", "--seed", "5",
                      "--out", str(work / "data.csv"))
     assert result.returncode == 0, result.stderr
     ingest(str(work / "data.csv"), str(work / "examples"), CONFIG)
@@ -134,7 +134,7 @@ def test_preprocessing_hash_tracks_data_config_and_is_deterministic(pipeline_dir
     assert changed_config["preprocessing_hash"] != first["preprocessing_hash"]
     assert changed_config["vocabulary_sizes"]["issue"] == 10 + CONFIG.preprocessing.oov_buckets
 
-    run_cli("components.datagen", "--rows", "1500", "--seed", "6", "--out",
+    run_cli("datagen", "--rows", "1500", "--seed", "6", "--out",
             str(tmp_path / "other.csv"))
     ingest(str(tmp_path / "other.csv"), str(tmp_path / "other"), CONFIG)
     changed_data = transform(str(tmp_path / "other"), str(tmp_path / "data"), CONFIG)

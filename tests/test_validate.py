@@ -27,7 +27,7 @@ def generate(cli, path, rows, seed, **options):
     args = ["--rows", str(rows), "--seed", str(seed), "--out", str(path)]
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    result = cli("components.datagen", *args)
+    result = cli("datagen", *args)
     assert result.returncode == 0, result.stderr
     return path
 

@@ -16,8 +16,8 @@ EXIT_USER_ERROR = 2
 class StepArgumentParser(argparse.ArgumentParser):
     """Bad arguments are one line a person can act on (`error: <step>: ...`), not a usage dump."""
 
-    def __init__(self, step: str, **kwargs):
-        super().__init__(prog=f"python -m components.{step}", **kwargs)
+    def __init__(self, step: str, prog: str | None = None, **kwargs):
+        super().__init__(prog=prog or f"python -m components.{step}", **kwargs)
         self.step = step
 
     def error(self, message: str):  # type: ignore[override]

@@ -1,4 +1,4 @@
-"""CLI: `python -m components.datagen --rows N --seed S --out file.csv`.
+"""CLI: `python -m datagen --rows N --seed S --out file.csv`.
 
 A plain command so the demo, tests and benchmarks can make the same data anywhere.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from components.common.cli import StepArgumentParser, run_step
 from components.common.errors import StepError
 
-log = logging.getLogger("components.datagen")
+log = logging.getLogger("datagen")
 
 
 def _positive_int(text: str) -> int:
@@ -50,7 +50,7 @@ def _float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = StepArgumentParser(
-        "datagen",
+        "datagen", prog="python -m datagen",
         description="Write deterministic synthetic CFPB complaints in the official CSV export "
                     "format (multi-line narratives, masked ZIPs, blank labels, a noisy but "
                     "learnable 'Consumer disputed?' label).",
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from components.datagen.generator import write_complaints  # after argument checks
+    from datagen.generator import write_complaints  # after argument checks
 
     started = time.perf_counter()
 
