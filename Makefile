@@ -25,32 +25,31 @@ uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 
 # ==== Images (images/README.md): base-image, build-images, image-sizes ========================
-# <REGISTRY>/<PROJECT>-<step>:<TAG>, e.g. local/cfpb-pipeline-train:0.1.0-541854a. CODE_VERSION is
-# what components/common/code_version.py computes outside an image (version+sha), so lineage and
-# the preprocessing hash do not depend on where a step ran (TAG=latest keeps it meaningful).
-PROJECT := cfpb-pipeline
+# <REGISTRY>/<PROJECT>-<step>:<TAG>, e.g. local/cfpb-pipeline-train:0.1.0-541854a. Names, tag,
+# code version and the image list come from components/common/build_facts.py (one definition).
+FACTS := $(PYTHON) -m components.common.build_facts
+PROJECT := $(shell $(FACTS) project)
 REGISTRY ?= local
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
-GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null)
-TAG ?= $(VERSION)-$(or $(GIT_SHA),dev)
-CODE_VERSION ?= $(VERSION)$(if $(GIT_SHA),+$(GIT_SHA))
+TAG ?= $(shell $(FACTS) tag)
+CODE_VERSION ?= $(shell $(FACTS) code-version)
+IMAGES := $(shell $(FACTS) images)
+# The default base comes from Docker Hub; where it cannot be pulled, build-images builds
+# local/python:3.11-bookworm from Debian packages instead (images/build_base.sh, needs root).
 PYTHON_IMAGE ?= python:3.11-slim-bookworm
 LOCAL_PYTHON_IMAGE := local/python:3.11-bookworm
-IMAGE_STEPS := ingest validate transform train evaluate push deploy serve
-IMAGES_ENV = PROJECT=$(PROJECT) REGISTRY=$(REGISTRY) TAG=$(TAG) CODE_VERSION=$(CODE_VERSION) \
-	PYTHON_IMAGE=$(PYTHON_IMAGE)
+IMAGES_ENV = REGISTRY=$(REGISTRY) TAG=$(TAG) CODE_VERSION=$(CODE_VERSION) \
+	PYTHON_IMAGE=$(PYTHON_IMAGE) LOCAL_PYTHON_IMAGE=$(LOCAL_PYTHON_IMAGE) PYTHON=$(PYTHON)
 
 .PHONY: base-image build-images image-sizes
 
 base-image:  ## Python base from Debian packages, local/python:3.11-bookworm (FORCE=1 rebuilds)
 	FORCE=$(FORCE) images/build_base.sh $(LOCAL_PYTHON_IMAGE)
 
-build-images: $(if $(filter $(LOCAL_PYTHON_IMAGE),$(PYTHON_IMAGE)),base-image)  ## step images <REGISTRY>/cfpb-pipeline-<step>:<TAG>
-	$(IMAGES_ENV) images/build_images.sh $(IMAGE_STEPS)
+build-images:  ## step images <REGISTRY>/cfpb-pipeline-<step>:<TAG>
+	$(IMAGES_ENV) images/build_images.sh $(IMAGES)
 
 image-sizes:  ## size of each step image (bench/out/bench_images.json)
-	$(PYTHON) bench/bench_images.py --project $(PROJECT) --registry $(REGISTRY) --tag $(TAG) \
-	  $(IMAGE_STEPS)
+	$(PYTHON) bench/bench_images.py --registry $(REGISTRY) --tag $(TAG) $(IMAGES)
 # ==== end of images ============================================================================
 
 $(VENV)/.synced: pyproject.toml uv.lock | uv

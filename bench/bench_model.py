@@ -76,8 +76,8 @@ def zip_prefix(code: str, digits: int = 3) -> str:
 def read_split(examples: str, split: str, config_ref: str | None = None
                ) -> tuple[list[list[str]], list[str], list[int]]:
     """Categorical columns (ZIP as its prefix), narratives ("" if none) and labels of a split."""
+    from components.common.artifacts.examples import raw_dataset
     from components.common.dataset_config import load_dataset_config
-    from components.common.tf_examples import raw_dataset
 
     config = load_dataset_config(config_ref)
     digits = config.preprocessing.zip_prefix_digits
@@ -99,7 +99,7 @@ def our_predictions(examples: str, model_dir: str):
     import numpy as np
     import tensorflow as tf
 
-    from components.common.tf_examples import split_files
+    from components.common.artifacts.examples import split_files
 
     predict = tf.saved_model.load(os.path.join(model_dir, "model")).signatures[
         "serving_tf_example"]

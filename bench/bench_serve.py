@@ -140,7 +140,7 @@ def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
 
 def write_split(root: str) -> dict:
     """deployment.json at 90/10 (1 stable, 2 canary), through the shared strategies."""
-    from components.common import deployment
+    from components.common.artifacts import deployment
 
     record = deployment.empty_record(NAME)
     record = deployment.canary(record, 1)          # 1 stable, 100%
@@ -332,7 +332,7 @@ def run_level(make_client, concurrency: int, total: int, warmup: int = 5) -> dic
 # 4. Canary move under load.
 
 def canary_move(server: Server, root: str, record: dict, requests: int) -> dict:
-    from components.common import deployment
+    from components.common.artifacts import deployment
 
     per_phase = math.ceil(requests / 3)
     cap = 20 * requests + 10_000  # a hard bound on the total, whatever happens

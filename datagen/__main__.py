@@ -71,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from datagen.generator import write_complaints  # after argument checks
+    from datagen.vocabulary import VocabularyError
+
+    try:
+        from datagen.generator import write_complaints  # after argument checks
+    except VocabularyError as exc:  # an edited vocabulary file: one line naming file and key
+        raise StepError(str(exc)) from None
 
     started = time.perf_counter()
 

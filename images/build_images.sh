@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # Build the step images: <REGISTRY>/<PROJECT>-<step>:<TAG> (called by `make build-images`).
 #
-#     REGISTRY=local TAG=0.1.0-abc1234 CODE_VERSION=0.1.0+abc1234 \
-#     PYTHON_IMAGE=local/python:3.11-bookworm images/build_images.sh [step ...]
+#     REGISTRY=local TAG=0.1.0-abc1234 PYTHON_IMAGE=python:3.11-slim-bookworm \
+#     images/build_images.sh [step ...]
 #
-# First the shared base (images/base.Dockerfile: targets runtime and builder, tagged
-# <PROJECT>-base and <PROJECT>-builder), then images/<step>.Dockerfile for each step.
+# Names, tag, code version and each image's extra/prune come from
+# components/common/build_facts.py (the one definition). First the Python base: PYTHON_IMAGE
+# when it is present or can be pulled; otherwise (no Docker Hub, as on machines without
+# internet) a Python 3.11 base built from Debian packages (images/build_base.sh,
+# LOCAL_PYTHON_IMAGE). Then the shared base (images/base.Dockerfile: targets runtime and
+# builder, tagged <PROJECT>-base and <PROJECT>-builder), then images/step.Dockerfile per step.
 # The Dockerfiles need BuildKit (a cache mount for uv's downloads): a Docker CLI with buildx, or
 # a 20.10-22.x CLI (BuildKit built in). DOCKER=... picks one; otherwise the first that works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PROJECT=${PROJECT:-cfpb-pipeline}
+facts() { "${PYTHON:-python3}" -m components.common.build_facts "$@"; }
+PROJECT=$(facts project)
 REGISTRY=${REGISTRY:-local}
-PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim-bookworm}
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
+DEFAULT_PYTHON_IMAGE=python:3.11-slim-bookworm
+LOCAL_PYTHON_IMAGE=${LOCAL_PYTHON_IMAGE:-local/python:3.11-bookworm}
+PYTHON_IMAGE=${PYTHON_IMAGE:-$DEFAULT_PYTHON_IMAGE}
+TAG=${TAG:-$(facts tag)}
+CODE_VERSION=${CODE_VERSION:-$(facts code-version)}
 sha=$(git rev-parse --short HEAD 2>/dev/null || true)
-TAG=${TAG:-$version-${sha:-dev}}
-CODE_VERSION=${CODE_VERSION:-$version${sha:++$sha}}
 STEPS=("$@")
-[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(ingest validate transform train evaluate push)
+[[ ${#STEPS[@]} -gt 0 ]] || read -r -a STEPS <<< "$(facts images)"
 
 log() { printf 'build-images: %s\n' "$*" >&2; }
 die() { printf 'error: build-images: %s\n' "$*" >&2; exit 1; }
@@ -39,9 +45,24 @@ pick_docker() {
 DOCKER=$(pick_docker)
 export DOCKER_BUILDKIT=1
 $DOCKER info >/dev/null 2>&1 || die "no Docker daemon reachable ($DOCKER info failed)"
+declare -A IMAGE_ARGS
 for step in "${STEPS[@]}"; do
-    [[ -f images/$step.Dockerfile ]] || die "no images/$step.Dockerfile"
+    IMAGE_ARGS[$step]=$(facts image-args "$step") || die "unknown image $step"
 done
+
+# The Python base: present, pulled, or built from Debian packages where it cannot be pulled.
+if ! $DOCKER image inspect "$PYTHON_IMAGE" >/dev/null 2>&1; then
+    if [[ $PYTHON_IMAGE == "$LOCAL_PYTHON_IMAGE" ]]; then
+        images/build_base.sh "$LOCAL_PYTHON_IMAGE"
+    elif ! $DOCKER pull -q "$PYTHON_IMAGE" >/dev/null 2>&1; then
+        [[ $PYTHON_IMAGE == "$DEFAULT_PYTHON_IMAGE" ]] \
+            || die "cannot pull PYTHON_IMAGE=$PYTHON_IMAGE; pull it or set PYTHON_IMAGE to a Python 3.11 (Debian 12) image you have"
+        log "cannot pull $PYTHON_IMAGE (no Docker Hub?); building $LOCAL_PYTHON_IMAGE from Debian packages instead"
+        images/build_base.sh "$LOCAL_PYTHON_IMAGE" \
+            || die "no Python base: cannot pull $PYTHON_IMAGE nor build $LOCAL_PYTHON_IMAGE (needs root and debootstrap); set PYTHON_IMAGE to a Python 3.11 (Debian 12) image you have"
+        PYTHON_IMAGE=$LOCAL_PYTHON_IMAGE
+    fi
+fi
 
 base=$REGISTRY/$PROJECT-base:$TAG
 builder=$REGISTRY/$PROJECT-builder:$TAG
@@ -65,8 +86,10 @@ build "$builder" -f images/base.Dockerfile --target builder \
     --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" -t "$builder"
 for step in "${STEPS[@]}"; do
     image=$REGISTRY/$PROJECT-$step:$TAG
-    build "$image" -f "images/$step.Dockerfile" \
+    read -r extra prune <<< "${IMAGE_ARGS[$step]}"
+    build "$image" -f images/step.Dockerfile \
         --build-arg BASE_IMAGE="$base" --build-arg BUILDER_IMAGE="$builder" \
+        --build-arg STEP="$step" --build-arg EXTRA="$extra" --build-arg PRUNE="${prune:-}" \
         --build-arg CODE_VERSION="$CODE_VERSION" \
         "${labels[@]}" --label "org.opencontainers.image.title=$PROJECT-$step" \
         -t "$image"

@@ -236,3 +236,30 @@ def test_cli_writes_the_file_and_logs_a_summary(tmp_path):
     expected = io.StringIO(newline="")
     write_complaints(expected, 300, seed=3, disputed_rate=0.4, blank_label_rate=0.1)
     assert out.read_bytes() == expected.getvalue().encode("utf-8")
+
+
+@pytest.mark.parametrize(("file", "old", "new", "expected"), [
+    ("catalog.yaml", "    weight: 22\n", "    weight: lots\n",
+     "products.Mortgage.weight: expected a number, got str 'lots'"),
+    ("catalog.yaml", '  "Web":', '  "Fax": {weight: 1}\n  "Web":',
+     "invalid YAML: repeated key 'Fax'"),
+    ("catalog.yaml", 'company_effects:\n  "Ocwen":', 'company_effects:\n  "Ocwenn":',
+     "company_effects.Ocwenn: not a company of any product"),
+    ("narratives.yaml", '"Please help me."', '"Please help {me}."',
+     "closings[0]: unknown placeholder {me}"),
+])
+def test_a_broken_vocabulary_file_gives_one_line_naming_file_and_key(tmp_path, file, old, new,
+                                                                     expected):
+    """People edit the vocabulary by hand; a mistake must point at itself, not at a traceback."""
+    from datagen.vocabulary import VOCABULARY_DIR, VocabularyError, load_vocabulary
+
+    for name in ("catalog.yaml", "narratives.yaml"):
+        (tmp_path / name).write_bytes((VOCABULARY_DIR / name).read_bytes())
+    text = (tmp_path / file).read_text(encoding="utf-8")
+    assert old in text
+    (tmp_path / file).write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(VocabularyError) as caught:
+        load_vocabulary(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / file}: ") and expected in message, message
+    assert "\n" not in message

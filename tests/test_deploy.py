@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common import deployment
+from components.common.artifacts import deployment
 from components.common.errors import StepError
 from components.deploy import kserve
 from components.deploy.deploy import STATUS_NOT_PUSHED, deploy
@@ -296,14 +296,17 @@ def uri(prefix: str, n: int) -> str:
 
 
 def test_manifest_shape_and_storage_layout():
-    body = kserve.manifest(target("s3://models/registry"), NAME, 3, canary_percent=10,
-                           strategy="canary")
+    record = deployment.canary(deployment.promote(deployment.empty_record(NAME), 2), 3, 10)
+    body = kserve.manifest(target("s3://models/registry"), NAME, record)
     check_manifest_shape(body)
     assert body["spec"]["predictor"]["model"]["storageUri"] == uri("s3://models/registry", 3)
     assert body["spec"]["predictor"]["serviceAccountName"] == "minio-reader"
     assert body["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert "serviceAccountName" not in kserve.manifest(
-        target("s3://m", None), NAME, 3)["spec"]["predictor"]
+    assert json.loads(body["metadata"]["annotations"][kserve.A_RECORD]) == record
+    stable_only = deployment.promote(record, 3)
+    predictor = kserve.manifest(target("s3://m", None), NAME, stable_only)["spec"]["predictor"]
+    assert "serviceAccountName" not in predictor and "canaryTrafficPercent" not in predictor
+    assert predictor["model"]["storageUri"] == uri("s3://m", 3)
 
 
 def test_kserve_canary_promote_rollback_manifests(registry_root, fake_kube, tmp_path):
@@ -343,14 +346,62 @@ def test_kserve_canary_promote_rollback_manifests(registry_root, fake_kube, tmp_
     assert stored["spec"]["predictor"]["model"]["storageUri"] == uri(prefix, 3)
     assert promoted["canary_traffic_percent"] is None and promoted["version"] == 3
 
+    # The one rollback rule (the local target's): back to the previous state, the canary
+    # split. KServe splits a canary against the revision last rolled out at 100%, so version 2
+    # is rolled out first, then version 3 gets its 10% again.
+    writes = len(fake.writes())
     back = deploy(registry_root, NAME, None, "rollback", **run)
-    _m, _ct, patch = fake.writes()[-1]
-    assert patch["spec"]["predictor"]["model"]["storageUri"] == uri(prefix, 2)
+    (_m, _ct, stable_first), (_m2, _ct2, canary_again) = fake.writes()[writes:]
+    assert stable_first["spec"]["predictor"]["model"]["storageUri"] == uri(prefix, 2)
+    assert stable_first["spec"]["predictor"]["canaryTrafficPercent"] is None
+    assert "metadata" not in stable_first  # the record changes once the rollout is complete
+    assert canary_again["spec"]["predictor"]["model"]["storageUri"] == uri(prefix, 3)
+    assert canary_again["spec"]["predictor"]["canaryTrafficPercent"] == 10
     stored = fake.objects[(NS, "cfpb-dispute")]
-    assert stored["spec"]["predictor"]["model"]["storageUri"] == uri(prefix, 2)
-    assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
-    assert back["version"] == 2 and back["revision"] == 4
     check_manifest_shape(stored)
+    assert back["version"] == 2 and back["revision"] == 4
+    assert back["traffic"] == {"2": 90, "3": 10} and back["canary_traffic_percent"] == 10
+    record = json.loads(stored["metadata"]["annotations"][kserve.A_RECORD])
+    assert record["traffic"] == back["traffic"] and record["revision"] == 4
+
+
+def test_kserve_and_local_targets_follow_the_same_rules(registry_root, fake_kube, tmp_path):
+    """One record type, one set of rules: the same strategies give the same records."""
+    fake, api = fake_kube("now")
+    local_registry = make_registry(tmp_path / "local")
+    run = {"target": "kserve", "kserve_target": target(registry_root), "kserve_api": api,
+           "timeout_seconds": 5, "poll_seconds": 0.05}
+    steps = [(1, "promote", 10), (2, "canary", 20), (3, "canary", 5), (3, "promote", 10),
+             (None, "rollback", 10), (None, "rollback", 10), (2, "canary", 20)]
+    for version, strategy, percent in steps:
+        on_kserve = deploy(registry_root, NAME, version, strategy, canary_percent=percent, **run)
+        on_local = deploy(local_registry, NAME, version, strategy, canary_percent=percent)
+        for key in ("status", "revision", "version", "versions", "traffic"):
+            assert on_kserve[key] == on_local[key], (strategy, key)
+        stored = fake.objects[(NS, "cfpb-dispute")]
+        annotated = json.loads(stored["metadata"]["annotations"][kserve.A_RECORD])
+        local = deployment.load(local_registry, NAME)
+        assert {k: v for k, v in annotated.items() if k != "updated_at"} == {
+            k: v for k, v in local.items() if k != "updated_at"}
+        predictor = stored["spec"]["predictor"]
+        canary = deployment.canary_version(local)
+        serving = canary or deployment.stable_version(local)
+        assert predictor["model"]["storageUri"] == uri(registry_root, serving)
+        assert predictor.get("canaryTrafficPercent") == (
+            local["traffic"][str(canary)] if canary else None)
+
+
+def test_kserve_refuses_an_inference_service_it_did_not_make(registry_root, fake_kube):
+    fake, api = fake_kube("now")
+    fake.objects[(NS, "cfpb-dispute")] = {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "cfpb-dispute", "namespace": NS, "generation": 1},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "tensorflow"},
+                                         "storageUri": "s3://someone/else"}}}}
+    with pytest.raises(StepError, match="was not deployed by this step"):
+        deploy(registry_root, NAME, 2, "canary", target="kserve",
+               kserve_target=target(registry_root), kserve_api=api, timeout_seconds=5)
+    assert fake.writes() == []
 
 
 def test_kserve_rollback_of_a_canary_restores_the_stable_version(registry_root, fake_kube):

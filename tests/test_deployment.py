@@ -1,4 +1,4 @@
-"""Tests for the deployment record (components/common/deployment.py): strategies as pure
+"""Tests for the deployment record (components/common/artifacts/deployment.py): strategies as pure
 functions, validation, atomic load/save, and the TF Serving model_config it produces."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from components.common import deployment
+from components.common.artifacts import deployment
 from components.common.errors import StepError
 
 NAME = "cfpb-dispute"

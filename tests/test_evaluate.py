@@ -16,17 +16,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from components.common.artifacts.evaluation import BLESSING_FILE, METRICS_FILE, REPORT_FILE
+from components.common.artifacts.model import model_id_of as compute_model_id
 from components.common.dataset_config import load_dataset_config
 from components.common.errors import StepError
 from components.evaluate import analysis, blessing
-from components.evaluate.evaluate import (
-    BLESSING_FILE,
-    METRICS_FILE,
-    REPORT_FILE,
-    compute_model_id,
-    evaluate,
-    resolve_baseline,
-)
+from components.evaluate.evaluate import evaluate, resolve_baseline
 from components.ingest.ingest import IngestOptions, ingest
 
 CONFIG = load_dataset_config()
@@ -60,7 +55,7 @@ def examples(workdir):
 
 def _log_odds_tables(examples_dir) -> tuple[dict[str, dict[str, float]], float]:
     """Smoothed log-odds of each product and company response, fitted on the train split."""
-    from components.common.tf_examples import raw_dataset
+    from components.common.artifacts.examples import raw_dataset
 
     counts: dict[str, dict[str, list[int]]] = {"product": {}, "company_response": {}}
     labels = []

@@ -14,27 +14,21 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from components.common import build_facts  # noqa: E402
 from tests.conftest import REAL_SAMPLE, ROOT, run_cli
 
 IMAGES = ROOT / "images"
-STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push", "deploy")
-SERVICES = ("serve",)  # long-running images without a component.yaml
-BUILT = STEPS + SERVICES
+STEPS = build_facts.pipeline_steps()
+BUILT = tuple(i.name for i in build_facts.IMAGES)
 TENSORFLOW_STEPS = ("validate", "transform", "train", "evaluate")
-
-
-def makefile_var(name: str) -> str:
-    match = re.search(rf"^{name}\s*[:?]?=\s*(.*)$", (ROOT / "Makefile").read_text(), re.M)
-    assert match, f"Makefile defines no {name}"
-    return match.group(1).strip()
-
-
-PROJECT = makefile_var("PROJECT")
+PROJECT = build_facts.PROJECT
+DOCKERFILE = IMAGES / "step.Dockerfile"
 
 
 def specs() -> dict[str, dict]:
@@ -42,12 +36,18 @@ def specs() -> dict[str, dict]:
             for path in sorted((ROOT / "components").glob("*/component.yaml"))}
 
 
-# --- names: specs, Dockerfiles, Makefile, pipeline.py --------------------------------------
+def make_dry_run(target: str, *args: str) -> str:
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    return subprocess.run(["make", "-n", target, *args], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+
+
+# --- names: specs, build facts, Makefile, pipeline ------------------------------------------
 
 def test_every_spec_names_an_image_make_builds():
-    built = makefile_var("IMAGE_STEPS").split()
     found = specs()
-    assert sorted(found) == sorted(STEPS)
+    assert tuple(sorted(found)) == tuple(sorted(STEPS))
     for step, spec in found.items():
         container = spec["implementation"]["container"]
         # <registry>/<project>-<step>:<tag>; pipeline.py sets registry and tag at compile time
@@ -56,35 +56,39 @@ def test_every_spec_names_an_image_make_builds():
                              container["image"])
         assert match, f"{step}: bad image reference {container['image']!r}"
         assert match["name"] == f"{PROJECT}-{step}", f"{step}: image {container['image']!r}"
-        assert (IMAGES / f"{step}.Dockerfile").is_file(), f"no images/{step}.Dockerfile"
-        assert step in built, f"`make build-images` does not build {step}"
         assert container["command"] == ["python", "-m", f"components.{step}"]
 
 
-def test_every_dockerfile_is_a_step_or_the_base():
-    dockerfiles = {p.name.removesuffix(".Dockerfile") for p in IMAGES.glob("*.Dockerfile")}
-    assert dockerfiles == {*BUILT, "base"}
-    assert sorted(makefile_var("IMAGE_STEPS").split()) == sorted(BUILT)
+def test_every_image_is_a_step_folder_and_make_builds_them_all():
+    for name in BUILT:
+        assert (ROOT / "components" / name / "__main__.py").is_file(), name
+    steps_and_services = {p.parent.name for p in (ROOT / "components").glob("*/__main__.py")}
+    assert steps_and_services == set(BUILT)
+    assert sorted(IMAGES.glob("*.Dockerfile")) == [IMAGES / "base.Dockerfile", DOCKERFILE]
+    line = next(x for x in make_dry_run("build-images").splitlines() if "build_images.sh" in x)
+    assert line.split("build_images.sh", 1)[1].split() == list(BUILT)
 
 
-@pytest.mark.parametrize("step", BUILT)
-def test_dockerfile_conventions(step):
-    text = (IMAGES / f"{step}.Dockerfile").read_text()
+def test_dockerfile_conventions():
+    text = DOCKERFILE.read_text()
     instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert not any(line.startswith("ENTRYPOINT") for line in instructions)
-    assert f'CMD ["python", "-m", "components.{step}", "--help"]' in text
+    assert 'CMD ["sh", "-c", "exec python -m components.\\"$STEP\\" --help"]' in text
     # the code is copied last (after the dependency layers) and the step runs as non-root
     copies = [line for line in instructions if line.startswith("COPY")]
     assert copies[-1] == "COPY components/ /app/components/"
     assert instructions[-2:][0] == "USER 1000:1000"
     assert "--mount=type=cache,target=/root/.cache/uv" in text
-    assert "--frozen" in text
-    # the dependency stage sees only pyproject.toml and uv.lock
+    assert "--frozen" in text and "--require-hashes" in text
+    # the dependency stage sees only pyproject.toml and uv.lock, and no STEP (shared layers)
     deps = text.split("FROM ${BASE_IMAGE}")[0]
     assert [line for line in deps.splitlines() if line.startswith("COPY")] == [
         "COPY pyproject.toml uv.lock ./"]
-    ignore = IMAGES / f"{step}.Dockerfile.dockerignore"
-    assert ignore.exists() and ignore.read_text() == (IMAGES / "common.dockerignore").read_text()
+    assert not any("STEP" in line for line in deps.splitlines() if not line.startswith("#"))
+    for dockerfile in (DOCKERFILE, IMAGES / "base.Dockerfile"):
+        ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+        common = (IMAGES / "common.dockerignore").read_text()
+        assert ignore.exists() and ignore.read_text() == common
 
 
 def test_extras_per_image_are_in_the_lock():
@@ -94,12 +98,12 @@ def test_extras_per_image_are_in_the_lock():
     extras = pyproject["project"]["optional-dependencies"]
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     project = next(p for p in lock["package"] if p["name"] == pyproject["project"]["name"])
-    used = set()
-    for step in BUILT:
-        used |= set(re.findall(r"--extra (\w+)", (IMAGES / f"{step}.Dockerfile").read_text()))
+    locked = {p["name"] for p in lock["package"]}
+    used = {i.extra for i in build_facts.IMAGES}
     assert used == {"ingest", "validate", "model", "push", "deploy", "serve"}
-    for extra in used:
-        assert extra in extras and extra in project["optional-dependencies"]
+    for spec in build_facts.IMAGES:
+        assert spec.extra in extras and spec.extra in project["optional-dependencies"]
+        assert set(spec.prune) <= locked, f"{spec.name}: prunes packages not in uv.lock"
     # no TensorFlow where a step does not need it
     assert not any(d.startswith("tensorflow") for d in extras["push"])
     # the TensorFlow-family extras cannot share an environment with the SDK (protobuf 4 vs 6)
@@ -109,19 +113,28 @@ def test_extras_per_image_are_in_the_lock():
         assert {extra, "sdk"} in conflicts
 
 
-def test_pipeline_uses_the_names_make_builds():
-    if shutil.which("make") is None:
-        pytest.skip("no make")
-    import pipeline
-
-    dry_run = subprocess.run(["make", "-n", "build-images"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
+def test_make_and_the_pipeline_use_the_same_names():
+    dry_run = make_dry_run("build-images")
     tag = re.search(r"\bTAG=(\S+)", dry_run)[1]
     registry = re.search(r"\bREGISTRY=(\S+)", dry_run)[1]
-    assert pipeline.default_image_tag() == tag
-    assert registry == pipeline.DEFAULT_REGISTRY
+    assert build_facts.image_tag() == tag
+    assert registry == build_facts.DEFAULT_REGISTRY
+    assert re.search(r"\bCODE_VERSION=(\S+)", dry_run)[1] == build_facts.code_version()
     for step in STEPS:
-        assert pipeline.image_name(step, registry, tag) == f"{registry}/{PROJECT}-{step}:{tag}"
+        assert build_facts.image_name(step, registry, tag) == f"{registry}/{PROJECT}-{step}:{tag}"
+
+
+def test_build_facts_answer_make_and_scripts():
+    def facts(*args):
+        return subprocess.run([sys.executable, "-m", "components.common.build_facts", *args],
+                              cwd=ROOT, capture_output=True, text=True)
+
+    assert facts("images").stdout.split() == list(BUILT)
+    assert facts("steps").stdout.split() == list(STEPS)
+    assert facts("tag").stdout.strip() == build_facts.image_tag()
+    assert facts("image-args", "train").stdout.split() == ["model", "libclang"]
+    missing = facts("image-args", "nope")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: build_facts: ")
 
 
 # --- the built images ------------------------------------------------------------------------
@@ -139,9 +152,7 @@ def _docker_ready() -> str | None:
 def _tag() -> str:
     if os.environ.get("IMAGE_TAG"):
         return os.environ["IMAGE_TAG"]
-    import pipeline
-
-    return pipeline.default_image_tag()
+    return build_facts.image_tag()
 
 
 def image(step: str) -> str:
@@ -174,7 +185,7 @@ def docker_run(img: str, *command: str, user: str | None = None, volumes=(), tim
 @pytest.mark.docker
 @pytest.mark.parametrize("step", BUILT)
 def test_step_help_in_its_image(built, step):
-    done = docker_run(built[step], "python", "-m", f"components.{step}", "--help")
+    done = docker_run(built[step])  # the image's default command: the step's --help
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"usage: python -m components.{step}" in done.stdout
 
@@ -189,7 +200,8 @@ def test_image_config(built, step):
     assert config["User"] == "1000:1000"
     assert not config.get("Entrypoint")
     assert config["WorkingDir"] == "/app"
-    assert config["Cmd"][:3] == ["python", "-m", f"components.{step}"]
+    assert env["STEP"] == step  # the default command: python -m components.$STEP --help
+    assert config["Cmd"] == ["sh", "-c", 'exec python -m components."$STEP" --help']
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env["PYTHONUNBUFFERED"] == "1" and env["TF_CPP_MIN_LOG_LEVEL"] == "2"
     assert env["CODE_VERSION"] not in ("", "unknown")
@@ -221,7 +233,8 @@ NEEDS = {
     "evaluate": ("tensorflow,keras,sklearn.metrics,matplotlib.figure,minio,yaml,"
                  "components.common.registry", "tensorflow_data_validation,apache_beam"),
     "push": ("minio,yaml,components.common.registry", "tensorflow,keras,numpy"),
-    "deploy": ("kubernetes.client,minio,yaml,components.common.deployment", "tensorflow,keras"),
+    "deploy": ("kubernetes.client,minio,yaml,components.common.artifacts.deployment",
+               "tensorflow,keras"),
     "serve": ("tensorflow,tensorflow_serving.apis.prediction_service_pb2_grpc,grpc,minio,yaml",
               "tensorflow_data_validation,apache_beam,sklearn"),
 }

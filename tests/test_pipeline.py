@@ -14,6 +14,8 @@ pytestmark = pytest.mark.sdk
 from kfp import components  # noqa: E402
 
 import pipeline  # noqa: E402
+from components.common import build_facts  # noqa: E402
+from orchestration import definition  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 
@@ -26,11 +28,11 @@ def compiled(tmp_path_factory):
 
 def test_pipeline_compiles_and_loads_back(compiled):
     loaded = components.load_component_from_file(str(compiled))
-    assert loaded.name == pipeline.PIPELINE_NAME
+    assert loaded.name == definition.PIPELINE_NAME
     docs = list(yaml.safe_load_all(compiled.read_text()))
     spec = docs[0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == set(pipeline.STEPS)
+    assert set(tasks) == set(build_facts.pipeline_steps())
     validate_inputs = tasks["validate"]["inputs"]["artifacts"]
     assert validate_inputs["examples"]["taskOutputArtifact"] == {
         "outputArtifactKey": "examples", "producerTask": "ingest"}
@@ -44,10 +46,10 @@ def test_steps_get_storage_credentials_from_a_secret_not_parameters(compiled):
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, executor in executors.items():
         env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
-        assert env["S3_ENDPOINT_URL"] == pipeline.S3_ENDPOINT_URL
+        assert env["S3_ENDPOINT_URL"] == definition.S3_ENDPOINT_URL
         assert "AWS_SECRET_ACCESS_KEY" not in env
         secret = platform[name]["secretAsEnv"][0]
-        assert secret["secretName"] == pipeline.S3_SECRET
+        assert secret["secretName"] == definition.S3_SECRET
         assert {k["envVar"] for k in secret["keyToEnv"]} == {
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
@@ -60,7 +62,7 @@ def test_steps_pass_executor_input_and_artifacts(compiled):
         assert args[args.index("--executor-input") + 1] == "{{$}}"
 
 
-@pytest.mark.parametrize("step", pipeline.STEPS)
+@pytest.mark.parametrize("step", build_facts.pipeline_steps())
 def test_component_spec_matches_the_cli(step):
     """Every flag a component.yaml passes is one the step's CLI accepts, and vice versa."""
     import importlib

@@ -31,10 +31,10 @@ def _images_ready() -> str | None:
         client.ping()
     except Exception as exc:  # no daemon, no socket, no permission
         return f"no Docker daemon ({type(exc).__name__})"
-    import pipeline
-    from local_run import missing_images
+    from components.common import build_facts
+    from orchestration.local_runner import missing_images
 
-    missing = missing_images(pipeline.DEFAULT_REGISTRY, pipeline.default_image_tag())
+    missing = missing_images(build_facts.DEFAULT_REGISTRY, build_facts.image_tag())
     return f"images not built: {missing}" if missing else None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from components.common import registry
+from components.common.artifacts import model as model_artifact
 from components.common.errors import StepError
 from components.push.push import STATUS_ALREADY, STATUS_NOT_BLESSED, STATUS_PUBLISHED, push
 from tests.conftest import ROOT
@@ -117,7 +118,7 @@ def test_blessed_model_is_published_with_lineage_and_executor_output(tmp_path, o
     assert recorded["version"] == 1 and recorded["status"] == STATUS_PUBLISHED
 
     assert (root / NAME / "1" / "saved_model.pb").is_file()
-    assert registry.model_id_of(str(root / NAME / "1")) == training["model_id"]
+    assert model_artifact.model_id_of(str(root / NAME / "1")) == training["model_id"]
     index = registry.read_index(str(root), NAME)
     assert index["current"] == 1
     entry = index["versions"][0]

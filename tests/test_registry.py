@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from components.common import registry, storage
+from components.common.artifacts import model as model_artifact
 from components.common.errors import StepError
 from tests.conftest import ROOT
 
@@ -76,8 +77,8 @@ def make_train_output(path: Path, *, weight: float = 0.5, signature: str = "v1",
     else:
         save_tiny_model(path / "model", weight, signature)
     training = {
-        "model_id": registry.model_id_of(str(path / "model")),
-        "signature_hash": registry.signature_hash_of(SIGNATURES[signature]),
+        "model_id": model_artifact.model_id_of(str(path / "model")),
+        "signature_hash": model_artifact.signature_hash_of(SIGNATURES[signature]),
         "dataset_version": dataset_version,
         "preprocessing_hash": preprocessing_hash,
         "hparams": dict(HPARAMS if hparams is None else hparams),
@@ -140,15 +141,15 @@ def test_model_id_is_content_of_the_files_not_their_location(tmp_path):
     (a / "variables" / "variables.index").write_bytes(b"index")
     b = tmp_path / "elsewhere" / "b"
     shutil.copytree(a, b)
-    assert registry.model_id_of(str(a)) == registry.model_id_of(str(b))
-    assert len(registry.model_id_of(str(a))) == 16
+    assert model_artifact.model_id_of(str(a)) == model_artifact.model_id_of(str(b))
+    assert len(model_artifact.model_id_of(str(a))) == 16
     (b / "variables" / "variables.index").write_bytes(b"indeX")
-    changed = registry.model_id_of(str(b))
-    assert changed != registry.model_id_of(str(a))
+    changed = model_artifact.model_id_of(str(b))
+    assert changed != model_artifact.model_id_of(str(a))
     (b / "variables" / "variables.index").rename(b / "variables" / "other")
-    assert registry.model_id_of(str(b)) not in (changed, registry.model_id_of(str(a)))
+    assert model_artifact.model_id_of(str(b)) not in (changed, model_artifact.model_id_of(str(a)))
     with pytest.raises(StepError, match="not a directory"):
-        registry.model_id_of(str(tmp_path / "missing"))
+        model_artifact.model_id_of(str(tmp_path / "missing"))
 
 
 def test_signature_hash_counts_names_and_dtypes_not_order():
@@ -156,12 +157,12 @@ def test_signature_hash_counts_names_and_dtypes_not_order():
                                "outputs": {"probability": "float32"}}}
     reordered = {"serving_default": {"outputs": {"probability": "float32"},
                                      "inputs": {"b": "string", "a": "string"}}}
-    assert registry.signature_hash_of(one) == registry.signature_hash_of(reordered)
+    assert model_artifact.signature_hash_of(one) == model_artifact.signature_hash_of(reordered)
     retyped = json.loads(json.dumps(one))
     retyped["serving_default"]["inputs"]["a"] = "int64"
-    assert registry.signature_hash_of(retyped) != registry.signature_hash_of(one)
+    assert model_artifact.signature_hash_of(retyped) != model_artifact.signature_hash_of(one)
     renamed = {"serving_tf_example": one["serving_default"]}
-    assert registry.signature_hash_of(renamed) != registry.signature_hash_of(one)
+    assert model_artifact.signature_hash_of(renamed) != model_artifact.signature_hash_of(one)
 
 
 @pytest.mark.parametrize(("change", "level", "semver"), [
@@ -240,7 +241,7 @@ def test_versions_increase_with_semver_lineage_and_current(tmp_path, trained):
     for result, (train_dir, _training) in zip(results, outputs, strict=True):
         version_dir = root / NAME / str(result.version)
         assert (version_dir / "saved_model.pb").is_file()
-        assert registry.model_id_of(str(version_dir)) == registry.model_id_of(
+        assert model_artifact.model_id_of(str(version_dir)) == model_artifact.model_id_of(
             str(train_dir / "model"))
     assert numeric_dirs(root) == [1, 2, 3, 4]
     assert not [p for p in (root / NAME).iterdir() if p.name.startswith(".staging-")]
@@ -382,7 +383,7 @@ def test_crash_between_rename_and_index_never_reuses_the_number(tmp_path, traine
     result = publish(root, third_dir, third)
     assert result.version == 3
     assert [v["version"] for v in registry.read_index(str(root), NAME)["versions"]] == [1, 3]
-    assert registry.model_id_of(str(root / NAME / "3")) == third["model_id"]
+    assert model_artifact.model_id_of(str(root / NAME / "3")) == third["model_id"]
 
 
 # ---------------------------------------------------------------------------------------------

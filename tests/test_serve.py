@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from components.common import registry, storage
+from components.common.artifacts import deployment
 from components.serve import models
-from components.serve.models import Deployment, RoutingTable, key_point, read_deployment
+from components.serve.models import RoutingTable, key_point
 from components.serve.server import ModelServer
 from tests.conftest import ROOT
 
@@ -290,24 +291,28 @@ def test_label_and_version_routing(rest):
 
 
 def test_routing_table_unit():
-    table = RoutingTable.build({1: "m1", 2: "m2"},  # type: ignore[dict-item]
-                               Deployment({1: ("stable",), 2: ("canary",)}, {1: 70.0, 2: 30.0}))
+    record = {**deployment.empty_record(NAME), "revision": 1,
+              "versions": {"1": {"labels": ["stable"]}, "2": {"labels": ["canary"]}},
+              "traffic": {"1": 70, "2": 30}}
+    table = RoutingTable.build({1: "m1", 2: "m2"}, record)  # type: ignore[dict-item]
     for key in ("a", "b", "c", "12345"):
         assert table.route(key=key) == ("m1" if key_point(key) < 70 else "m2")
         assert len({table.route(key=key) for _ in range(5)}) == 1
     assert 0 <= key_point("x") < 100
     with pytest.raises(models.NotFound):
         table.route(version=3)
-    with pytest.raises(Exception, match="sum to 100"):
-        models.parse_deployment({"versions": {"1": {"labels": []}}, "traffic": {"1": 50}})
+    assert table.labels == {"stable": 1, "canary": 2}
+    with pytest.raises(Exception, match="sums to 50, not 100"):
+        deployment.validate({**record, "versions": {"1": {"labels": ["stable"]}},
+                             "traffic": {"1": 50}})
 
 
 def test_without_a_deployment_record_current_is_stable(tmp_path):
     (tmp_path / NAME).mkdir()
     (tmp_path / NAME / "index.json").write_text(json.dumps(
         {"model_name": NAME, "current": 2, "versions": [{"version": 1}, {"version": 2}]}))
-    deployment = read_deployment(str(tmp_path), NAME)
-    assert deployment.versions == {2: ("stable",)} and deployment.traffic == {2: 100.0}
+    record = deployment.serving_state(str(tmp_path), NAME)
+    assert deployment.labels(record) == {"stable": 2} and deployment.traffic(record) == {2: 100}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from components.common.artifacts import transform as transform_artifact
 from components.common.dataset_config import load_dataset_config
 from components.common.errors import StepError
 from components.ingest.ingest import ingest
 from components.train.hparams import DEFAULTS, parse_hparams
 from components.train.train import train
-from components.transform.transform import load_transform, transform
+from components.transform.transform import transform
 
 CONFIG = load_dataset_config()
 FAST = {"epochs": 2, "batch_size": 128, "hidden_units": [16], "embedding_dim": 8}
@@ -37,7 +38,7 @@ def pipeline_dirs(tmp_path_factory):
 
 def raw_batch(examples_dir, n=64):
     """Raw feature strings of eval examples, as the CSV had them ('' when blank)."""
-    from components.common.tf_examples import raw_dataset
+    from components.common.artifacts.examples import raw_dataset
 
     features, labels = next(iter(raw_dataset(str(examples_dir), "eval", CONFIG, n)))
     return {k: v for k, v in features.items()}, labels.numpy()
@@ -55,7 +56,7 @@ def test_saved_model_on_raw_strings_equals_in_process_model(pipeline_dirs):
     assert served.shape == (64,)
     assert np.all((served > 0) & (served < 1))
 
-    preprocessing, _ = load_transform(str(work / "transform"))
+    preprocessing, _ = transform_artifact.load(str(work / "transform"))
     reloaded = keras.layers.TFSMLayer(str(work / "model" / "model"),
                                       call_endpoint="serving_default")
     again = reloaded(raw)["probability"].numpy()
@@ -103,7 +104,7 @@ def test_serving_signature_rejects_a_missing_feature(pipeline_dirs):
 
 
 def test_training_lineage_and_signatures(pipeline_dirs):
-    from components.common.registry import model_id_of
+    from components.common.artifacts.model import model_id_of
 
     work, info = pipeline_dirs
     saved = json.loads((work / "model" / "training.json").read_text())

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import posixpath
 
-from components.common import storage
+from components.common import documents, storage
+from components.common.artifacts.examples import METADATA_FILE
 from components.common.errors import StepError
-from components.common.examples import METADATA_FILE
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -58,7 +57,7 @@ def snapshot(source: str, store: str, version: str, sha256_hex: str, summary: di
     version_uri = storage.join(store, version)
     manifest_uri = storage.join(version_uri, MANIFEST)
     if storage.exists(manifest_uri):
-        stored = json.loads(storage.read_bytes(manifest_uri))
+        stored = documents.read_json(manifest_uri, "data store manifest")
         if stored.get("source_sha256") != sha256_hex:
             raise StepError(
                 f"{manifest_uri}: holds sha256 {stored.get('source_sha256')} but this data has "
@@ -87,7 +86,7 @@ def snapshot(source: str, store: str, version: str, sha256_hex: str, summary: di
         "stored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **summary,
     }
-    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode())
+    documents.write_json(manifest_uri, manifest)
     log.info("stored dataset version %s at %s", version, version_uri)
     return version_uri, True
 
@@ -95,14 +94,13 @@ def snapshot(source: str, store: str, version: str, sha256_hex: str, summary: di
 def list_versions(store: str) -> list[dict]:
     """Published versions in the store, oldest first (by the time they were stored)."""
     manifests = [u for u in storage.list_uris(store) if u.endswith("/" + MANIFEST)]
-    versions = [json.loads(storage.read_bytes(u)) for u in manifests]
+    versions = [documents.read_json(u, "data store manifest") for u in manifests]
     return sorted(versions, key=lambda m: (m.get("stored_at", ""), m["dataset_version"]))
 
 
 def mark_validated(store: str, version: str, summary: dict) -> None:
     """Record that a stored version passed validation, making it a baseline for later data."""
-    storage.write_bytes(storage.join(store, version, VALIDATED),
-                        json.dumps(summary, indent=2, default=str).encode())
+    documents.write_json(storage.join(store, version, VALIDATED), summary)
 
 
 def previous_version(store: str, version: str) -> dict | None:

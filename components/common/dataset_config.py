@@ -14,7 +14,7 @@ from pathlib import Path
 
 from components.common.errors import StepError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "cfpb"
 ROLES = ("categorical", "bucketized", "text", "numeric")
 
@@ -114,19 +114,13 @@ def resolve_config_path(ref: str | None) -> str:
 
 
 def load_dataset_config(ref: str | None = None) -> DatasetConfig:
-    import yaml
-
-    from components.common import storage
+    from components.common import documents, storage
 
     path = resolve_config_path(ref)
     if not storage.is_s3(path) and not os.path.exists(path):
         builtins = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise StepError(f"{path}: dataset config not found (built-in configs: {builtins})")
-    try:
-        raw = yaml.safe_load(storage.read_bytes(path))
-    except yaml.YAMLError as exc:
-        raise StepError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    return parse_dataset_config(raw, path)
+    return parse_dataset_config(documents.read_yaml(path, "dataset config"), path)
 
 
 def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:

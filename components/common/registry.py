@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.common import storage
+from components.common import documents, storage
+from components.common.artifacts import model as model_artifact
+from components.common.artifacts.model import model_id_of
 from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,9 @@ INDEX_FILE = "index.json"
 LINEAGE_DIR = "lineage"
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".lock"
-SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_FILE = model_artifact.SAVED_MODEL_FILE
+LAST_FILES = model_artifact.LAST_FILES
 FIRST_SEMVER = "1.0.0"
-# Uploaded last on S3: a reader that finds saved_model.pb finds the variables and assets too.
-LAST_FILES = ("fingerprint.pb", SAVED_MODEL_FILE)
 # The lineage fields repeated in every index entry (the lineage file has them all).
 INDEX_FIELDS = (
     "version", "semver", "model_id", "signature_hash", "dataset_version", "preprocessing_hash",
@@ -54,57 +54,6 @@ INDEX_FIELDS = (
 MINOR_FIELDS = ("dataset_version", "preprocessing_hash", "hparams")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Identity: the one definition of model_id and signature_hash.
-
-def model_id_of(model_dir: str) -> str:
-    """The identity of a SavedModel: sha256 over its files, first 16 hex digits.
-
-    This is THE definition of `model_id` (train writes it to training.json, evaluate to
-    blessing.json, push checks it and keys the registry on it). Every file under `model_dir`
-    counts: its path relative to `model_dir` (POSIX separators), its size and its bytes, in
-    sorted path order; directories themselves and file times do not. So the same files give the
-    same id wherever they are copied, and a changed byte, a renamed or added file changes it.
-    """
-    if not os.path.isdir(model_dir):
-        raise StepError(f"{model_dir}: not a directory; expected a SavedModel directory")
-    digest = hashlib.sha256()
-    files = []
-    for root, dirs, names in os.walk(model_dir):
-        dirs.sort()
-        for name in names:
-            path = os.path.join(root, name)
-            files.append((os.path.relpath(path, model_dir).replace(os.sep, "/"), path))
-    if not files:
-        raise StepError(f"{model_dir}: empty directory; expected a SavedModel")
-    for relative, path in sorted(files):
-        digest.update(relative.encode("utf-8") + b"\0")
-        digest.update(os.path.getsize(path).to_bytes(8, "big"))
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def signature_hash_of(signatures: Mapping[str, Mapping[str, Mapping[str, str]]]) -> str:
-    """The hash of a model's serving interface, first 16 hex digits of a sha256.
-
-    `signatures` is `{signature_name: {"inputs": {name: dtype}, "outputs": {name: dtype}}}` with
-    dtype names as TensorFlow prints them (`tf.string.name` == "string", "float32"). Names and
-    dtypes count, their order does not; shapes do not (batch size is not an interface change).
-    A different hash makes the next registry version a new major version.
-    """
-    canonical = {
-        str(name): {
-            part: {str(k): str(v) for k, v in dict(spec.get(part) or {}).items()}
-            for part in ("inputs", "outputs")
-        }
-        for name, spec in signatures.items()
-    }
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,23 +102,12 @@ def empty_index(model_name: str) -> dict:
     return {"model_name": model_name, "current": None, "versions": []}
 
 
-def _read_json(uri: str, what: str):
-    try:
-        return json.loads(storage.read_bytes(uri))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StepError(f"{uri}: {what} is not valid JSON ({exc})") from exc
-
-
-def _write_json(uri: str, value) -> None:
-    storage.write_bytes(uri, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
-
-
 def read_index(registry: str, model_name: str) -> dict:
     """The registry index of a model; an empty index when the model has no version yet."""
     uri = index_uri(registry, model_name)
     if not storage.exists(uri):
         return empty_index(model_name)
-    index = _read_json(uri, "registry index")
+    index = documents.read_json(uri, "registry index", object_only=False)
     if not isinstance(index, dict) or not isinstance(index.get("versions"), list):
         raise StepError(f"{uri}: not a registry index (expected an object with 'versions')")
     for entry in index["versions"]:
@@ -183,14 +121,14 @@ def read_index(registry: str, model_name: str) -> dict:
 def write_index(registry: str, model_name: str, index: dict) -> None:
     """Replace the index in one atomic write (the publish marker of a version)."""
     index = {**index, "versions": sorted(index["versions"], key=lambda e: e["version"])}
-    _write_json(index_uri(registry, model_name), index)
+    documents.write_json(index_uri(registry, model_name), index)
 
 
 def read_lineage(registry: str, model_name: str, version: int) -> dict:
     index = read_index(registry, model_name)
     if find_version(index, version=version) is None:
         raise StepError(_unknown_version(registry, model_name, version, index))
-    return _read_json(lineage_uri(registry, model_name, version), "lineage")
+    return documents.read_json(lineage_uri(registry, model_name, version), "lineage")
 
 
 def find_version(index: dict, *, version: int | None = None,
@@ -399,7 +337,7 @@ def _publish(registry: str, model_name: str, model_dir: str, lineage: dict, plac
     }
     record.setdefault("baseline_version", (lineage.get("baseline") or {}).get("version"))
     place(registry, model_name, model_dir, version, lineage["model_id"])
-    _write_json(lineage_uri(registry, model_name, version), record)
+    documents.write_json(lineage_uri(registry, model_name, version), record)
     entry = {key: record.get(key) for key in INDEX_FIELDS}
     write_index(registry, model_name, {
         **index, "model_name": model_name, "current": version,
@@ -518,9 +456,9 @@ def resolve_baseline(ref: str, download_dir: str, *, allow_empty: bool = False) 
             raise StepError(f"{ref}: the registry has no blessed (current) version yet; "
                             "no baseline to compare with")
         return _resolve_version(registry, model_name, int(current), download_dir)
-    for candidate in (ref, storage.join(ref, "model")):
+    for candidate in (ref, storage.join(ref, model_artifact.MODEL_DIR)):
         if storage.exists(storage.join(candidate, SAVED_MODEL_FILE)):
-            path = _local_copy(candidate, download_dir)
+            path = local_copy(candidate, download_dir)
             return Baseline(path=path, uri=candidate, model_id=model_id_of(path))
     if allow_empty and not _anything_at(ref):
         log.info("%s: no registry index there yet; no baseline", ref)
@@ -568,7 +506,7 @@ def _resolve_version(registry: str, model_name: str, version: int, download_dir:
     uri = version_uri(registry, model_name, version)
     if not storage.is_s3(uri) and not os.path.isfile(os.path.join(uri, SAVED_MODEL_FILE)):
         raise StepError(f"{uri}: version {version} is in the index but its files are missing")
-    path = _local_copy(uri, download_dir)
+    path = local_copy(uri, download_dir)
     actual = model_id_of(path)
     if entry.get("model_id") and actual != entry["model_id"]:
         raise StepError(f"{uri}: files hash to model_id {actual}, but the index recorded "
@@ -577,8 +515,9 @@ def _resolve_version(registry: str, model_name: str, version: int, download_dir:
                     semver=entry.get("semver"), model_name=model_name, entry=entry)
 
 
-def _local_copy(uri: str, download_dir: str) -> str:
-    """A local directory with the SavedModel at `uri`: itself, or a download of the S3 prefix."""
+def local_copy(uri: str, download_dir: str) -> str:
+    """A local directory with the SavedModel at `uri`: itself, or a download of the S3 prefix
+    into a new directory under `download_dir`."""
     if not storage.is_s3(uri):
         return os.path.abspath(uri)
     objects = storage.list_uris(uri)

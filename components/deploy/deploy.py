@@ -1,17 +1,18 @@
 """Deploy core: move a registry version into service by a strategy (canary, promote, rollback).
 
-target local: the registry's deployment record (`components/common/deployment.py`), which the
-local model server watches, plus TF Serving's model_config for the resulting deployment.
-target kserve: an InferenceService (`kserve.py`). Nothing here imports TensorFlow.
+One record type and one set of rules (`components/common/artifacts/deployment.py`); the targets
+only persist and apply the record. target local: the registry's deployment.json, which the
+local model server watches, plus TF Serving's model_config for it. target kserve: an annotation
+of the InferenceService and its predictor spec (`kserve.py`). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
-from components.common import deployment, registry, storage
+from components.common import documents, registry, storage
+from components.common.artifacts import deployment
 from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,6 @@ def _check_request(strategy: str, target: str, version: int | None, canary_perce
         raise StepError(f"canary percent {canary_percent}: expected 0..100")
 
 
-def _check_in_index(registry_uri: str, model_name: str, version: int) -> None:
-    known = [e["version"] for e in registry.read_index(registry_uri, model_name)["versions"]]
-    if version not in known:
-        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: version {version} is "
-                        f"not in the registry index (versions: {known or 'none'}); only pushed "
-                        "versions can be deployed")
-
-
 def deploy(registry_uri: str, model_name: str, version: int | None, strategy: str, *,
            canary_percent: int = 10, target: str = "local", pushed: bool = True,
            output: str | None = None, kserve_target=None, kserve_api=None,
@@ -55,6 +48,7 @@ def deploy(registry_uri: str, model_name: str, version: int | None, strategy: st
     `pushed` false or version 0 (push's outputs when the model was not blessed) is a skip:
     nothing is read or written but the result. For kserve, `kserve_target` is a
     `kserve.Target` and `kserve_api` a `kserve.KServeApi` (made from the kubeconfig if None).
+    Either target applies the same rules (`artifacts.deployment.apply_strategy`) to its record.
     """
     _check_request(strategy, target, version, canary_percent)
     registry.check_model_name(model_name)
@@ -65,28 +59,39 @@ def deploy(registry_uri: str, model_name: str, version: int | None, strategy: st
         log.info("version %s of %s was not pushed; nothing to deploy", version, model_name)
         _write_output(output, result)
         return result
-    if strategy != "rollback":
-        _check_in_index(registry_uri, model_name, version)
+    known = [e["version"] for e in registry.read_index(registry_uri, model_name)["versions"]]
+    if strategy != "rollback" and version not in known:
+        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: version {version} is "
+                        f"not in the registry index (versions: {known or 'none'}); only pushed "
+                        "versions can be deployed")
     if target == "local":
-        result = {**result, **_deploy_local(registry_uri, model_name, version, strategy,
-                                            canary_percent, output)}
+        old, new, applied = _deploy_local(registry_uri, model_name, version, strategy,
+                                          canary_percent, known, output)
     else:
-        result = {**result, **_deploy_kserve(registry_uri, model_name, version, strategy,
-                                             canary_percent, kserve_target, kserve_api,
-                                             timeout_seconds, poll_seconds, output)}
+        old, new, applied = _deploy_kserve(registry_uri, model_name, version, strategy,
+                                           canary_percent, known, kserve_target, kserve_api,
+                                           timeout_seconds, poll_seconds, output)
+    result = {
+        **result, **applied,
+        "deployed": True,
+        "status": STATUS_DEPLOYED if new["revision"] != old["revision"] else STATUS_UNCHANGED,
+        "revision": new["revision"],
+        "version": deployment.stable_version(new) if strategy == "rollback" else version,
+        "versions": new["versions"],
+        "traffic": new["traffic"],
+    }
     _write_output(output, result)
     return result
 
 
 def _deploy_local(registry_uri: str, model_name: str, version: int | None, strategy: str,
-                  canary_percent: int, output: str | None) -> dict:
-    record = deployment.load(registry_uri, model_name)
-    known = [e["version"] for e in registry.read_index(registry_uri, model_name)["versions"]]
-    new = deployment.apply_strategy(record, strategy, version, canary_percent,
+                  canary_percent: int, known: list[int], output: str | None):
+    """The record in `<registry>/<model>/deployment.json`, which the model server watches."""
+    old = deployment.load(registry_uri, model_name)
+    new = deployment.apply_strategy(old, strategy, version, canary_percent,
                                     known_versions=known)
-    changed = new["revision"] != record["revision"]
     uri = deployment.deployment_uri(registry_uri, model_name)
-    if changed:
+    if new["revision"] != old["revision"]:
         deployment.save(registry_uri, model_name, new)
         log.info("%s: revision %d (%s): traffic %s", uri, new["revision"], strategy,
                  new["traffic"])
@@ -97,42 +102,28 @@ def _deploy_local(registry_uri: str, model_name: str, version: int | None, strat
         config = deployment.tf_serving_model_config(
             new, model_name, registry.model_uri(registry_uri, model_name))
         storage.write_bytes(storage.join(output, MODEL_CONFIG_FILE), config.encode())
-        storage.write_bytes(storage.join(output, RECORD_FILE),
-                            (json.dumps(new, indent=2, sort_keys=True) + "\n").encode())
-    return {
-        "deployed": True,
-        "status": STATUS_DEPLOYED if changed else STATUS_UNCHANGED,
-        "revision": new["revision"],
-        "version": deployment.stable_version(new) if strategy == "rollback" else version,
-        "versions": new["versions"],
-        "traffic": new["traffic"],
-        "record": uri,
-    }
+        documents.write_json(storage.join(output, RECORD_FILE), new)
+    return old, new, {"record": uri}
 
 
 def _deploy_kserve(registry_uri: str, model_name: str, version: int | None, strategy: str,
-                   canary_percent: int, target, api, timeout_seconds: float,
-                   poll_seconds: float, output: str | None) -> dict:
+                   canary_percent: int, known: list[int], target, api, timeout_seconds: float,
+                   poll_seconds: float, output: str | None):
+    """The record in an annotation of the InferenceService, applied to its predictor."""
     from components.deploy import kserve
 
     if target is None:
         raise StepError("target kserve needs a namespace and a service name")
-    if strategy != "rollback":
-        kserve.ensure_serving_copy(registry_uri, model_name, version, target.storage_uri_prefix)
     api = api or kserve.KServeApi()
     outcome = kserve.deploy(api, target, model_name, strategy, version, canary_percent,
+                            registry_uri=registry_uri, known_versions=known,
                             timeout_seconds=timeout_seconds, poll_seconds=poll_seconds)
     if output:
-        storage.write_bytes(storage.join(output, MANIFEST_FILE),
-                            (json.dumps(outcome["inference_service"], indent=2, sort_keys=True)
-                             + "\n").encode())
-    return {
-        "deployed": True,
-        "status": STATUS_DEPLOYED,
-        "revision": outcome["revision"],
-        "version": outcome["version"],
+        documents.write_json(storage.join(output, MANIFEST_FILE), outcome["inference_service"])
+    return outcome["old"], outcome["record"], {
         "storage_uri": outcome["storage_uri"],
         "canary_traffic_percent": outcome["canary_traffic_percent"],
+        "generation": outcome["generation"],
         "inference_service": f"{target.namespace}/{target.name}",
         "url": outcome["url"],
     }
@@ -143,5 +134,4 @@ def _write_output(output: str | None, result: dict) -> None:
         return
     if not storage.is_s3(output):
         os.makedirs(output, exist_ok=True)
-    storage.write_bytes(storage.join(output, RESULT_FILE),
-                        (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
+    documents.write_json(storage.join(output, RESULT_FILE), result)

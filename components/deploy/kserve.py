@@ -1,4 +1,10 @@
-"""Deploy to KServe: create or patch an InferenceService and wait until it is Ready.
+"""Deploy to KServe: the deployment record applied to an InferenceService, then wait for Ready.
+
+The rollout rules are the deployment record's (`components/common/artifacts/deployment.py`):
+canary, promote and rollback compute the next record exactly as for the local target. This
+module only persists the record (JSON in the annotation `cfpb-pipeline.deploy/record`) and
+applies it to the predictor spec. An InferenceService without that annotation was not made by
+this step: it is refused, never taken over.
 
 Storage layout. KServe's TensorFlow predictor downloads `storageUri` to /mnt/models and runs
 TF Serving with `--model_base_path=/mnt/models`, which wants version directories in it. The
@@ -13,18 +19,17 @@ last, so a view with `saved_model.pb` is complete). The prefix defaults to the r
 Credentials. The predictor reads MinIO with the credentials of a Secret attached to the
 `serviceAccountName` (KServe's S3 annotations on the Secret); nothing secret is in the manifest.
 
-Traffic. canary: the new storageUri with `canaryTrafficPercent` P (KServe keeps the previously
-rolled-out revision at 100-P); promote: the new storageUri with `canaryTrafficPercent` removed
-(100% to it); rollback: drops a canary in progress (the stable version gets 100%), otherwise
-returns to the stable version before the current one. The stable state and the earlier stable
-states are kept in annotations (`cfpb-pipeline.deploy/stable`, `.../history`, JSON).
-The step then polls `status.conditions[type=Ready]` of the current generation until it is True;
+Traffic (KServe's Knative mode). The record's stable version alone: its storageUri, no
+`canaryTrafficPercent` (100%). Stable S with canary C at P%: C's storageUri with
+`canaryTrafficPercent` P; KServe sends the other 100-P% to the last revision rolled out at 100%,
+which must be S. When the stable version changes while a canary stays (a rollback to an earlier
+canary state), S is rolled out first (and waited for), then the canary is applied.
+The step polls `status.conditions[type=Ready]` of the current generation until it is True;
 a False condition or the timeout fails the step with the condition's reason and message.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -33,6 +38,8 @@ import time
 from dataclasses import dataclass
 
 from components.common import registry, storage
+from components.common.artifacts import deployment
+from components.common.artifacts import model as model_artifact
 from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
@@ -42,12 +49,7 @@ VERSION = "v1beta1"
 PLURAL = "inferenceservices"
 KIND = "InferenceService"
 SERVING_DIR = "serving"
-ANNOTATION = "cfpb-pipeline.deploy"
-A_VERSION = f"{ANNOTATION}/version"          # the version the spec points at
-A_STABLE = f"{ANNOTATION}/stable"            # {"version", "storageUri"} last at 100%
-A_HISTORY = f"{ANNOTATION}/history"          # earlier stable states, newest last (rollback)
-A_STRATEGY = f"{ANNOTATION}/strategy"
-HISTORY_LIMIT = 20
+A_RECORD = "cfpb-pipeline.deploy/record"  # the deployment record, JSON
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -113,7 +115,7 @@ def load_api_client():
 
 
 # ---------------------------------------------------------------------------------------------
-# Manifests (pure).
+# The record on the InferenceService, and the spec it gives (pure).
 
 @dataclass(frozen=True)
 class Target:
@@ -129,91 +131,84 @@ def storage_uri(prefix: str, model_name: str, version: int) -> str:
                         str(int(version)))
 
 
-def manifest(target: Target, model_name: str, version: int, *,
-             canary_percent: int | None = None, strategy: str = "promote") -> dict:
-    """The InferenceService to create: TF predictor on version N's serving view at 100%."""
-    uri = storage_uri(target.storage_uri_prefix, model_name, version)
-    predictor: dict = {"model": {"modelFormat": {"name": "tensorflow"}, "storageUri": uri}}
+def record_of(obj: dict | None, model_name: str) -> dict:
+    """The deployment record an InferenceService carries; an empty one when there is none yet.
+
+    An existing InferenceService without the annotation is someone else's: StepError.
+    """
+    if obj is None:
+        return deployment.empty_record(model_name)
+    metadata = obj.get("metadata") or {}
+    where = f"{KIND} {metadata.get('namespace')}/{metadata.get('name')}"
+    text = (metadata.get("annotations") or {}).get(A_RECORD)
+    if text is None:
+        raise StepError(f"{where} exists but was not deployed by this step (no annotation "
+                        f"{A_RECORD}); refusing to take it over: delete it or choose another "
+                        "--service-name")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StepError(f"{where}: annotation {A_RECORD} is not valid JSON ({exc})") from exc
+    record = deployment.validate(record, f"{where} annotation {A_RECORD}")
+    if record["model_name"] != model_name:
+        raise StepError(f"{where} serves model {record['model_name']!r}, not {model_name!r}; "
+                        "choose another --service-name")
+    return record
+
+
+def predictor_for(target: Target, model_name: str, record: dict) -> dict:
+    """The predictor spec of a record (see the module docstring); `canaryTrafficPercent` None
+    means removed (100% to the storageUri) in a merge patch."""
+    stable = deployment.stable_version(record)
+    canary = deployment.canary_version(record)
+    if stable is None:
+        raise StepError(f"{model_name}: nothing is deployed in the record; no predictor to apply")
+    serving = canary if canary is not None else stable
+    predictor: dict = {"model": {"modelFormat": {"name": "tensorflow"},
+                                 "storageUri": storage_uri(target.storage_uri_prefix, model_name,
+                                                           serving)},
+                       "canaryTrafficPercent": record["traffic"][str(canary)]
+                       if canary is not None else None}
     if target.service_account:
         predictor["serviceAccountName"] = target.service_account
-    if canary_percent is not None:
-        predictor["canaryTrafficPercent"] = int(canary_percent)
-    stable = {"version": int(version), "storageUri": uri}
+    return predictor
+
+
+def _metadata(target: Target, model_name: str, record: dict) -> dict:
+    return {"labels": {"app.kubernetes.io/managed-by": "cfpb-pipeline-deploy",
+                       "cfpb-pipeline/model-name": model_name},
+            "annotations": {A_RECORD: json.dumps(record, sort_keys=True)}}
+
+
+def manifest(target: Target, model_name: str, record: dict) -> dict:
+    """The InferenceService to create for a record."""
+    predictor = {k: v for k, v in predictor_for(target, model_name, record).items()
+                 if v is not None}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": target.name, "namespace": target.namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "cfpb-pipeline-deploy",
-                                "cfpb-pipeline/model-name": model_name},
-                     "annotations": _state_annotations(version, stable, [], strategy)},
+                     **_metadata(target, model_name, record)},
         "spec": {"predictor": predictor},
     }
 
 
-def _state_annotations(version, stable: dict, history: list, strategy: str) -> dict:
-    return {A_VERSION: str(version), A_STABLE: json.dumps(stable, sort_keys=True),
-            A_HISTORY: json.dumps(history[-HISTORY_LIMIT:], sort_keys=True),
-            A_STRATEGY: strategy}
+def patches(target: Target, model_name: str, old: dict, new: dict) -> list[dict]:
+    """The merge patches from the InferenceService of record `old` to that of `new`, in order.
 
-
-def _state(current: dict) -> tuple[dict, list]:
-    """(stable, history) recorded on the InferenceService; an unmanaged one is its own stable."""
-    annotations = _annotations(current)
-    model = ((current.get("spec") or {}).get("predictor") or {}).get("model") or {}
-    try:
-        stable = json.loads(annotations[A_STABLE])
-        history = json.loads(annotations.get(A_HISTORY) or "[]")
-    except (KeyError, json.JSONDecodeError):
-        stable = {"version": int(annotations.get(A_VERSION) or 0),
-                  "storageUri": model.get("storageUri")}
-        history = []
-    return stable, history
-
-
-def patch_for(current: dict, target: Target, model_name: str, version: int, *,
-              canary_percent: int | None, strategy: str) -> dict:
-    """The merge patch from `current` to version N (canary percent, or None for 100%).
-
-    canary: N at `canary_percent`, the stable state is kept (it serves the rest); promote: N at
-    100% becomes stable, the old stable goes on the rollback history.
-    """
-    wanted = manifest(target, model_name, version, canary_percent=canary_percent,
-                      strategy=strategy)
-    predictor = copy.deepcopy(wanted["spec"]["predictor"])
-    stable, history = _state(current)
-    if canary_percent is None:
-        predictor["canaryTrafficPercent"] = None  # merge patch: remove it -> 100% to latest
-        new_stable = {"version": int(version), "storageUri": predictor["model"]["storageUri"]}
-        if stable.get("storageUri") and stable != new_stable:
-            history = [*history, stable]
-        stable = new_stable
-    annotations = _state_annotations(version, stable, history, strategy)
-    return {"metadata": {"labels": wanted["metadata"]["labels"], "annotations": annotations},
-            "spec": {"predictor": predictor}}
-
-
-def rollback_patch(current: dict) -> dict:
-    """Back to the previous state at 100%: a canary in progress is dropped (the stable version
-    takes all the traffic); otherwise the stable version before the current one returns."""
-    stable, history = _state(current)
-    predictor = (current.get("spec") or {}).get("predictor") or {}
-    serving = (predictor.get("model") or {}).get("storageUri")
-    in_canary = predictor.get("canaryTrafficPercent") is not None or serving != stable.get(
-        "storageUri")
-    if in_canary and stable.get("storageUri"):
-        target = stable
-    elif history:
-        *history, target = history
-    else:
-        name = (current.get("metadata") or {}).get("name")
-        raise StepError(f"{KIND} {name}: nothing to roll back to (no earlier stable version "
-                        f"recorded in annotation {A_HISTORY})")
-    return {
-        "metadata": {"annotations": _state_annotations(target.get("version", 0), target,
-                                                       history, "rollback")},
-        "spec": {"predictor": {"model": {"storageUri": target["storageUri"]},
-                               "canaryTrafficPercent": None}},
-    }
+    One patch, unless the stable version changes while a canary stays: KServe splits a canary
+    against the last revision rolled out at 100%, so the new stable version is rolled out first
+    (spec only: the annotation keeps `old` until the rollout is complete)."""
+    out = []
+    stable = deployment.stable_version(new)
+    if (deployment.canary_version(new) is not None
+            and deployment.stable_version(old) not in (None, stable)):
+        alone = {**new, "versions": {str(stable): {"labels": [deployment.STABLE]}},
+                 "traffic": {str(stable): 100}}
+        out.append({"spec": {"predictor": predictor_for(target, model_name, alone)}})
+    out.append({"metadata": _metadata(target, model_name, new),
+                "spec": {"predictor": predictor_for(target, model_name, new)}})
+    return out
 
 
 def _annotations(obj: dict | None) -> dict:
@@ -227,16 +222,16 @@ def ensure_serving_copy(registry_uri: str, model_name: str, version: int, prefix
     """Copy `<registry>/<model>/<N>/` to `<storage_uri(prefix)>/<N>/` unless it is there."""
     uri = storage_uri(prefix, model_name, version)
     destination = storage.join(uri, str(int(version)))
-    if storage.exists(storage.join(destination, registry.SAVED_MODEL_FILE)):
+    if storage.exists(storage.join(destination, model_artifact.SAVED_MODEL_FILE)):
         log.info("serving view %s exists", destination)
         return uri
     source = registry.version_uri(registry_uri, model_name, version)
     with tempfile.TemporaryDirectory(prefix="deploy-") as download_dir:
-        local = registry._local_copy(source, download_dir)
-        if not storage.exists(storage.join(local, registry.SAVED_MODEL_FILE)):
-            raise StepError(f"{source}: no {registry.SAVED_MODEL_FILE}; the version's files "
-                            "are missing")
-        count = storage.upload_tree(local, destination, last=registry.LAST_FILES)
+        local = registry.local_copy(source, download_dir)
+        if not model_artifact.is_saved_model(local):
+            raise StepError(f"{source}: no {model_artifact.SAVED_MODEL_FILE}; the version's "
+                            "files are missing")
+        count = storage.upload_tree(local, destination, last=model_artifact.LAST_FILES)
     log.info("copied %s (%d files) to the serving view %s", source, count, destination)
     return uri
 
@@ -290,46 +285,54 @@ def _describe(condition: dict | None) -> str:
 
 
 def deploy(api: KServeApi, target: Target, model_name: str, strategy: str,
-           version: int | None, canary_percent: int = 10, *, timeout_seconds: float = 300,
+           version: int | None, canary_percent: int = 10, *, registry_uri: str | None = None,
+           known_versions: list[int] | None = None, timeout_seconds: float = 300,
            poll_seconds: float = 1.0) -> dict:
-    """Apply the strategy to the InferenceService, wait for Ready; returns the result."""
+    """Apply the strategy to the record on the InferenceService, roll it out, wait for Ready.
+
+    With `registry_uri`, the serving view of every deployed version is made first.
+    Returns the old and new record, the requests sent and the Ready object.
+    """
     if not DNS_LABEL.match(target.name):
         raise StepError(f"service name {target.name!r}: an InferenceService name is a DNS label "
                         "(lowercase letters, digits and '-', starting with a letter); give "
                         "--service-name")
+    where = f"{KIND} {target.namespace}/{target.name}"
     current = api.get(target.namespace, target.name)
-    if strategy == "rollback":
-        if current is None:
-            raise StepError(f"{KIND} {target.namespace}/{target.name} does not exist; nothing "
-                            "to roll back")
-        body = rollback_patch(current)
-        obj = api.patch(target.namespace, target.name, body)
-        action = "patched"
+    if current is None and strategy == "rollback":
+        raise StepError(f"{where} does not exist; nothing to roll back")
+    old = record_of(current, model_name)
+    new = deployment.apply_strategy(old, strategy, version, canary_percent,
+                                    known_versions=known_versions)
+    requests = []
+    if new["revision"] == old["revision"]:
+        log.info("%s is already in the requested state (record revision %d); unchanged", where,
+                 new["revision"])
     else:
-        percent = canary_percent if strategy == "canary" else None
+        if registry_uri is not None:
+            for deployed in deployment.deployed_versions(new):
+                ensure_serving_copy(registry_uri, model_name, deployed,
+                                    target.storage_uri_prefix)
         if current is None:
-            # a first deployment has nothing to split with: it takes all the traffic
-            body = manifest(target, model_name, version, strategy=strategy)
-            obj = api.create(target.namespace, body)
-            action = "created"
+            requests.append(("create", manifest(target, model_name, new)))
+            api.create(target.namespace, requests[-1][1])
         else:
-            body = patch_for(current, target, model_name, version, canary_percent=percent,
-                             strategy=strategy)
-            obj = api.patch(target.namespace, target.name, body)
-            action = "patched"
-    log.info("%s %s %s/%s (%s); waiting up to %ss for Ready", action, KIND, target.namespace,
-             target.name, strategy, timeout_seconds)
+            for body in patches(target, model_name, old, new):
+                if requests:  # an earlier phase must be rolled out before the next one
+                    wait_ready(api, target.namespace, target.name, timeout_seconds, poll_seconds)
+                requests.append(("patch", body))
+                api.patch(target.namespace, target.name, body)
+        log.info("%s: record revision %d (%s), traffic %s; waiting up to %ss for Ready", where,
+                 new["revision"], strategy, new["traffic"], timeout_seconds)
     ready = wait_ready(api, target.namespace, target.name, timeout_seconds, poll_seconds)
-    annotations = _annotations(ready)
     predictor = (ready.get("spec") or {}).get("predictor") or {}
     return {
-        "action": action,
-        "request": body,
+        "old": old,
+        "record": new,
+        "requests": requests,
         "inference_service": ready,
-        "version": int(annotations.get(A_VERSION) or version or 0),
         "storage_uri": (predictor.get("model") or {}).get("storageUri"),
         "canary_traffic_percent": predictor.get("canaryTrafficPercent"),
-        "revision": int((ready.get("metadata") or {}).get("generation") or 0)
-        or int(obj.get("metadata", {}).get("generation") or 0),
+        "generation": int((ready.get("metadata") or {}).get("generation") or 0),
         "url": (ready.get("status") or {}).get("url"),
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -50,19 +49,14 @@ def build_parser() -> StepArgumentParser:
     return parser
 
 
-def _write_json(path: str, value) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from components.common import documents
+    from components.common.artifacts import evaluation
     from components.common.dataset_config import load_dataset_config
     from components.common.kfp_executor import ExecutorIO
-    from components.evaluate.analysis import scalar_metrics
     from components.evaluate.blessing import one_line
-    from components.evaluate.evaluate import REPORT_FILE, evaluate
+    from components.evaluate.evaluate import evaluate, kfp_scalars
 
     executor = ExecutorIO(args.executor_input)
     config = load_dataset_config(args.dataset_config)
@@ -70,21 +64,14 @@ def main(argv=None) -> int:
                       baseline_ref=args.baseline_model, thresholds_path=args.thresholds,
                       seed=args.seed)
     metrics, blessing = result["metrics"], result["blessing"]
-    scalars = {**scalar_metrics(metrics["overall"]), "eval_examples": metrics["eval_examples"]}
-    for feature, entry in metrics["slices"].items():
-        for metric, gap in entry["fairness"].items():
-            if gap["gap"] is not None:
-                scalars[f"{metric}_gap_{feature}"] = gap["gap"]
-    if metrics["baseline"]:
-        scalars.update({f"baseline_{k}": v
-                        for k, v in scalar_metrics(metrics["baseline"]["overall"]).items()})
+    scalars = kfp_scalars(metrics)
     if args.metrics:
-        _write_json(args.metrics, scalars)
+        documents.write_json(args.metrics, scalars)
     if args.classification_metrics:
-        _write_json(args.classification_metrics, result["classification_metrics"])
+        documents.write_json(args.classification_metrics, result["classification_metrics"])
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-        shutil.copyfile(os.path.join(args.output, REPORT_FILE), args.report)
+        shutil.copyfile(os.path.join(args.output, evaluation.REPORT_FILE), args.report)
 
     baseline = blessing["baseline"]
     executor.artifact("evaluation", {

@@ -143,16 +143,6 @@ def overall_metrics(labels, probabilities, threshold: float) -> dict:
     }
 
 
-# Scalars worth a KFP Metrics entry and a line in the report, in display order.
-SCALAR_METRICS = ("auc", "pr_auc", "accuracy", "precision", "recall", "f1", "log_loss", "brier",
-                  "ece")
-
-
-def scalar_metrics(overall: dict) -> dict[str, float]:
-    """The defined scalar metrics (None ones left out)."""
-    return {k: overall[k] for k in SCALAR_METRICS if overall.get(k) is not None}
-
-
 # ------------------------------------------------------------------------------------------
 # Slices and fairness
 # ------------------------------------------------------------------------------------------

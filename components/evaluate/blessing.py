@@ -76,17 +76,9 @@ def parse_overrides(raw, source: str) -> dict[str, dict[str, float]]:
 
 
 def load_overrides(path: str) -> dict[str, dict[str, float]]:
-    import yaml
+    from components.common import documents
 
-    from components.common import storage
-
-    if not storage.is_s3(path) and not storage.exists(path):
-        raise StepError(f"{path}: thresholds file not found")
-    try:
-        raw = yaml.safe_load(storage.read_bytes(path))
-    except yaml.YAMLError as exc:
-        raise StepError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    return parse_overrides(raw, path)
+    return parse_overrides(documents.read_yaml(path, "thresholds file"), path)
 
 
 def _fmt(value: float) -> str:

@@ -10,7 +10,6 @@ counterfactual flips. Outputs are staged beside `<output>` and moved into place 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import tempfile
@@ -20,24 +19,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from components.common import storage
-from components.common.code_version import code_version
+from components.common.artifacts import evaluation
+from components.common.artifacts import model as model_artifact
+from components.common.artifacts.examples import read_metadata
+from components.common.build_facts import code_version
 from components.common.dataset_config import DatasetConfig
 from components.common.errors import StepError
-from components.common.examples import read_metadata
 from components.common.staging import staged_output
 from components.evaluate import analysis, blessing
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
-TRAINING_FILE = "training.json"
-SAVED_MODEL_FILE = "saved_model.pb"
-METRICS_FILE = "metrics.json"
-BLESSING_FILE = "blessing.json"
-REPORT_FILE = "report.html"
-EXAMPLE_SIGNATURE = "serving_tf_example"
-RAW_SIGNATURE = "serving_default"
-PROBABILITY = "probability"
+EXAMPLE_SIGNATURE = model_artifact.EXAMPLE_SIGNATURE
+RAW_SIGNATURE = model_artifact.RAW_SIGNATURE
+PROBABILITY = model_artifact.OUTPUT
 BATCH_SIZE = 1024
 REPLACEMENTS = 3  # common values tried per feature in the counterfactuals (plus blank)
 DEFAULT_SEED = 0
@@ -47,24 +42,6 @@ SIGNATURE_TOLERANCE = 1e-4  # max |p(serving_default) - p(serving_tf_example)| o
 # ------------------------------------------------------------------------------------------
 # Finding models
 # ------------------------------------------------------------------------------------------
-
-
-def compute_model_id(saved_model_dir: str) -> str:
-    """The registry's definition of model_id, so train, evaluate and push agree."""
-    from components.common.registry import model_id_of
-
-    return model_id_of(saved_model_dir)
-
-
-def _read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise StepError(f"{path}: {what} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise StepError(f"{path}: {what} must be a JSON object")
-    return value
 
 
 def _registry_entry(saved_model_dir: str) -> dict | None:
@@ -84,8 +61,8 @@ def _registry_entry(saved_model_dir: str) -> dict | None:
 
 
 def describe_local_model(path: str, role: str) -> tuple[str, dict]:
-    """A train output (`<dir>/model/` + `<dir>/training.json`) or a bare SavedModel directory
-    (for example a registry version `<registry>/<name>/<N>/`) -> (SavedModel dir, info)."""
+    """A train output or a bare SavedModel directory (for example a registry version
+    `<registry>/<name>/<N>/`) -> (SavedModel dir, info)."""
     if storage.is_s3(path):
         raise StepError(f"{path}: {role} must be a local directory (S3 models are read through "
                         "the model registry)")
@@ -93,31 +70,23 @@ def describe_local_model(path: str, role: str) -> tuple[str, dict]:
         raise StepError(f"{path}: {role} not found (expected a train output or a SavedModel "
                         "directory)")
     info: dict = {"uri": path, "version": None, "semver": None, "training": None}
-    if os.path.isfile(os.path.join(path, MODEL_DIR, SAVED_MODEL_FILE)):
-        saved_model_dir = os.path.join(path, MODEL_DIR)
-        training_file = os.path.join(path, TRAINING_FILE)
-    elif os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
-        saved_model_dir = path
-        parent = os.path.dirname(os.path.abspath(path))
-        training_file = os.path.join(parent, TRAINING_FILE)
-        if os.path.basename(os.path.abspath(path)) != MODEL_DIR:
-            training_file = ""  # a bare SavedModel: only a train output has training.json
-    else:
-        raise StepError(f"{path}: {role} is neither a train output ({MODEL_DIR}/{SAVED_MODEL_FILE}"
-                        f") nor a SavedModel directory ({SAVED_MODEL_FILE})")
-    if training_file and os.path.isfile(training_file):
-        training = _read_json(training_file, TRAINING_FILE)
+    try:
+        saved_model_dir, training = model_artifact.locate(path)
+    except StepError as exc:
+        raise StepError(f"{role}: {exc}") from None
+    if training is not None:
         info["training"] = training
-        info["model_id"] = training.get("model_id") or compute_model_id(saved_model_dir)
-        info["model_id_source"] = TRAINING_FILE if training.get("model_id") else "computed"
+        info["model_id"] = training.get("model_id") or model_artifact.model_id_of(saved_model_dir)
+        info["model_id_source"] = (model_artifact.TRAINING_FILE if training.get("model_id")
+                                   else "computed")
         return saved_model_dir, info
     entry = _registry_entry(saved_model_dir)
     if entry is not None:
         info.update(version=entry.get("version"), semver=entry.get("semver"),
-                    model_id=entry.get("model_id") or compute_model_id(saved_model_dir),
+                    model_id=entry.get("model_id") or model_artifact.model_id_of(saved_model_dir),
                     model_id_source="registry index", registry_entry=entry)
         return saved_model_dir, info
-    info["model_id"] = compute_model_id(saved_model_dir)
+    info["model_id"] = model_artifact.model_id_of(saved_model_dir)
     info["model_id_source"] = "computed"
     return saved_model_dir, info
 
@@ -143,7 +112,7 @@ def resolve_baseline(ref: str, download_dir: str | None = None) -> tuple[str | N
     return saved_model_dir, {
         "uri": entry.get("uri") or ref, "ref": ref, "version": entry.get("version"),
         "semver": entry.get("semver"),
-        "model_id": entry.get("model_id") or compute_model_id(saved_model_dir),
+        "model_id": entry.get("model_id") or model_artifact.model_id_of(saved_model_dir),
         "model_id_source": "registry index", "registry_entry": entry,
     }
 
@@ -247,7 +216,7 @@ def predict_eval_split(examples: str, config: DatasetConfig, model: Predictor,
     and a seeded reservoir sample of serialized examples."""
     import tensorflow as tf
 
-    from components.common.tf_examples import split_files
+    from components.common.artifacts.examples import split_files
 
     label = config.label.feature
     slices = list(config.evaluation.slices)
@@ -373,6 +342,21 @@ def classification_metadata(overall: dict, class_names: tuple[str, str]) -> dict
     return metadata
 
 
+def kfp_scalars(metrics: dict) -> dict[str, float]:
+    """The KFP Metrics artifact: overall scalars, fairness gaps, the baseline's scalars."""
+    keys = evaluation.SCALAR_METRICS
+    scalars = {**evaluation.scalar_metrics(metrics["overall"], keys),
+               "eval_examples": metrics["eval_examples"]}
+    for feature, entry in metrics["slices"].items():
+        for metric, gap in entry["fairness"].items():
+            if gap["gap"] is not None:
+                scalars[f"{metric}_gap_{feature}"] = gap["gap"]
+    if metrics["baseline"]:
+        baseline = evaluation.scalar_metrics(metrics["baseline"]["overall"], keys)
+        scalars.update({f"baseline_{k}": v for k, v in baseline.items()})
+    return scalars
+
+
 def _training_summary(info: dict) -> dict | None:
     training = info.get("training")
     if not training:
@@ -474,12 +458,9 @@ def evaluate(model: str, examples: str, output: str, config: DatasetConfig,
 
     from components.evaluate.report import write_report
 
-    with staged_output(output, last=BLESSING_FILE) as staging:
-        write_report(os.path.join(staging, REPORT_FILE), metrics, blessing_doc, config)
-        with open(os.path.join(staging, METRICS_FILE), "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-        with open(os.path.join(staging, BLESSING_FILE), "w", encoding="utf-8") as handle:
-            json.dump(blessing_doc, handle, indent=2)
+    with staged_output(output, last=evaluation.BLESSING_FILE) as staging:
+        write_report(os.path.join(staging, evaluation.REPORT_FILE), metrics, blessing_doc, config)
+        evaluation.write(staging, metrics, blessing_doc)
     log.info("evaluated %s on %s (%d eval examples): auc %s; %s; %.1f s", model_entry["model_id"],
              metadata.get("dataset_version"), data.labels.size, overall["auc"],
              blessing.one_line(decision), time.monotonic() - started)

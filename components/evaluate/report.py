@@ -12,7 +12,7 @@ import base64
 import html
 import io
 
-from components.evaluate.analysis import SCALAR_METRICS
+from components.common.artifacts.evaluation import SCALAR_METRICS
 from components.evaluate.blessing import LOWER_IS_BETTER
 
 MODEL_COLOR, BASELINE_COLOR = "#1f77b4", "#7f7f7f"

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 
 from components.common import data_store, storage
+from components.common.artifacts import examples
+from components.common.artifacts.examples import METADATA_FILE, SPLITS
 from components.common.dataset_config import DatasetConfig, check_eval_fraction
 from components.common.errors import StepError
-from components.common.examples import METADATA_FILE, SPLITS
 from components.common.staging import staged_output
 from components.ingest import split
 from components.ingest.csv_source import CsvRows
-from components.ingest.examples import ExampleWriterProcess, RowCollector
+from components.ingest.tfrecord_writer import ExampleWriterProcess, RowCollector
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 100_000
@@ -184,8 +184,7 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
     }
-    with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as handle:
-        json.dump(metadata, handle, indent=2)
+    examples.write_metadata(staging, metadata)
     if options.store:
         data_store.snapshot(source, options.store, version, sha256_hex, summary,
                             examples_dir=staging)

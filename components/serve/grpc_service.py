@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
 )
 
 from components.serve.models import OUTPUT, SIGNATURE, BadRequest, NotFound
-from components.serve.server import KEY_FIELDS, Service
+from components.serve.service import KEY_FIELDS, Service
 
 log = logging.getLogger(__name__)
 

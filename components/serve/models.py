@@ -5,16 +5,14 @@ The server keeps one `RoutingTable` (versions, labels, traffic split) behind one
 a swap (one reference assignment) never changes a request in flight. The watcher loads every
 new version *before* the swap and forgets removed versions only after it.
 
-What is deployed comes from `<registry>/<model_name>/deployment.json` (written by the deploy
-step); without one, the registry's `current` version is served as `stable` with 100% traffic.
+What is deployed is the deployment record (`artifacts.deployment.serving_state`: written by the
+deploy step; without one, the registry's `current` version as `stable` with 100% traffic).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -23,12 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from components.common import registry, storage
+from components.common.artifacts import deployment
+from components.common.artifacts import model as model_artifact
 from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
 
-SIGNATURE = "serving_default"
-OUTPUT = "probability"
+SIGNATURE = model_artifact.RAW_SIGNATURE
+OUTPUT = model_artifact.OUTPUT
 
 
 class NotFound(Exception):
@@ -37,57 +37,6 @@ class NotFound(Exception):
 
 class BadRequest(Exception):
     """A malformed request (REST 400, gRPC INVALID_ARGUMENT); the message names the problem."""
-
-
-# ---------------------------------------------------------------------------------------------
-# What is deployed.
-
-@dataclass(frozen=True)
-class Deployment:
-    """The deployed versions, their labels and the traffic split (percent per version)."""
-
-    versions: dict[int, tuple[str, ...]]
-    traffic: dict[int, float]
-    revision: int | None = None
-
-    def key(self) -> str:
-        return json.dumps([sorted((v, list(ls)) for v, ls in self.versions.items()),
-                           sorted(self.traffic.items())])
-
-
-def parse_deployment(record: Mapping) -> Deployment:
-    """`{"versions": {"3": {"labels": [...]}}, "traffic": {"3": 90, ...}}` -> Deployment."""
-    try:
-        versions = {int(v): tuple(str(label) for label in (spec or {}).get("labels", ()))
-                    for v, spec in dict(record.get("versions") or {}).items()}
-        traffic = {int(v): float(p) for v, p in dict(record.get("traffic") or {}).items()}
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise StepError(f"deployment record: malformed versions/traffic ({exc})") from exc
-    if not versions:
-        raise StepError("deployment record: no deployed versions")
-    unknown = set(traffic) - set(versions)
-    if unknown:
-        raise StepError(f"deployment record: traffic for undeployed versions {sorted(unknown)}")
-    if any(p < 0 for p in traffic.values()) or abs(sum(traffic.values()) - 100) > 1e-6:
-        raise StepError(f"deployment record: traffic must be >= 0 and sum to 100, got {traffic}")
-    return Deployment(versions, traffic, record.get("revision"))
-
-
-def read_deployment(registry_uri: str, model_name: str) -> Deployment:
-    """The deployment record, or the registry's current version as stable with 100%.
-
-    A missing record and one with no deployed versions both mean: serve `current`.
-    """
-    from components.common import deployment
-
-    record = deployment.load(registry_uri, model_name)  # validated; empty when none yet
-    if record.get("versions"):
-        return parse_deployment(record)
-    current = registry.read_index(registry_uri, model_name).get("current")
-    if current is None:
-        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: no deployment.json and "
-                        "no current version in index.json; nothing to serve")
-    return Deployment({int(current): ("stable",)}, {int(current): 100.0})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +56,7 @@ class LoadedModel:
             raise StepError(f"{path}: no {SIGNATURE!r} signature")
         self._fn = self._saved.signatures[SIGNATURE]
         self.features: list[str] = sorted(self._fn.structured_input_signature[1])
-        self.signature_defs = _signature_defs(path)
+        self.signature_defs = model_artifact.signature_defs(path)
         self.predict({name: [""] for name in self.features})  # warm up before it takes traffic
 
     def predict(self, columns: Mapping[str, Sequence[str]]) -> list[float]:
@@ -125,16 +74,6 @@ class LoadedModel:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
-def _signature_defs(path: str):
-    """The SavedModel's SignatureDef map (protos, as TF Serving reports them)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, registry.SAVED_MODEL_FILE), "rb") as handle:
-        saved.ParseFromString(handle.read())
-    return dict(saved.meta_graphs[0].signature_def)
-
-
 def load_version(registry_uri: str, model_name: str, version: int) -> LoadedModel:
     """Load version N of the registry (S3 versions are downloaded to a temp dir first)."""
     uri = registry.version_uri(registry_uri, model_name, version)
@@ -147,8 +86,9 @@ def load_version(registry_uri: str, model_name: str, version: int) -> LoadedMode
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-    if not os.path.isfile(os.path.join(uri, registry.SAVED_MODEL_FILE)):
-        raise StepError(f"{uri}: no {registry.SAVED_MODEL_FILE}; version {version} is missing")
+    if not model_artifact.is_saved_model(uri):
+        raise StepError(f"{uri}: no {model_artifact.SAVED_MODEL_FILE}; version {version} is "
+                        "missing")
     return LoadedModel(version, uri)
 
 
@@ -167,19 +107,21 @@ class RoutingTable:
 
     models: dict[int, LoadedModel]
     labels: dict[str, int]
-    traffic: dict[int, float]
+    traffic: dict[int, int]
     revision: int | None = None
     _cumulative: list[tuple[float, int]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, models: dict[int, LoadedModel], deployment: Deployment) -> RoutingTable:
-        labels = {label: v for v, ls in deployment.versions.items() for label in ls}
+    def build(cls, models: dict[int, LoadedModel], record: dict) -> RoutingTable:
+        """The table for a deployment record (`artifacts.deployment`)."""
+        traffic = deployment.traffic(record)
         cumulative, total = [], 0.0
-        for version in sorted(deployment.traffic):
-            if deployment.traffic[version] > 0:
-                total += deployment.traffic[version]
+        for version in sorted(traffic):
+            if traffic[version] > 0:
+                total += traffic[version]
                 cumulative.append((total, version))
-        return cls(models, labels, dict(deployment.traffic), deployment.revision, cumulative)
+        return cls(models, deployment.labels(record), traffic, record.get("revision"),
+                   cumulative)
 
     def route(self, *, version: int | None = None, label: str | None = None,
               key: str | None = None) -> LoadedModel:
@@ -225,14 +167,14 @@ class ModelManager:
     def refresh(self) -> bool:
         """Bring the table in line with the registry; True when it changed."""
         with self._refresh_lock:
-            deployment = read_deployment(self.registry, self.model_name)
-            if deployment.key() == self._deployed_key:
+            record = deployment.serving_state(self.registry, self.model_name)
+            if deployment.state_key(record) == self._deployed_key:
                 return False
             old = self.table
             models = {}
             loaded_now = []
             try:
-                for version in sorted(deployment.versions):
+                for version in deployment.deployed_versions(record):
                     if version in old.models:
                         models[version] = old.models[version]
                     else:
@@ -243,11 +185,11 @@ class ModelManager:
                 for model in loaded_now:
                     model.close()
                 raise
-            self.table = RoutingTable.build(models, deployment)  # the one atomic swap
-            self._deployed_key = deployment.key()
+            self.table = RoutingTable.build(models, record)  # the one atomic swap
+            self._deployed_key = deployment.state_key(record)
             log.info("serving %s: versions %s, labels %s, traffic %s (revision %s)",
                      self.model_name, sorted(models), self.table.labels, self.table.traffic,
-                     deployment.revision)
+                     record.get("revision"))
             for version, model in old.models.items():
                 if version not in models:
                     log.info("unloaded %s version %d", self.model_name, version)

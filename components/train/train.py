@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -11,15 +10,13 @@ import shutil
 import tempfile
 import time
 
+from components.common.artifacts import model as model_artifact
+from components.common.artifacts.examples import read_metadata
 from components.common.dataset_config import DatasetConfig
 from components.common.errors import StepError
-from components.common.examples import read_metadata
 from components.common.staging import staged_output
 
 log = logging.getLogger(__name__)
-MODEL_DIR = "model"
-INFO_FILE = "training.json"
-METRICS_FILE = "metrics.json"
 SHUFFLE_BUFFER = 50_000
 
 
@@ -58,7 +55,7 @@ def _datasets(examples: str, config: DatasetConfig, preprocessing, hparams: dict
     """Preprocessing runs once (first epoch) and is cached to disk, not redone every epoch."""
     import tensorflow as tf
 
-    from components.common.tf_examples import raw_dataset
+    from components.common.artifacts.examples import raw_dataset
 
     def transformed(split: str, shuffle: bool):
         dataset = raw_dataset(examples, split, config, hparams["batch_size"],
@@ -79,7 +76,7 @@ def export_serving_model(model, preprocessing, config: DatasetConfig, path: str)
     import keras
     import tensorflow as tf
 
-    from components.common.tf_examples import feature_spec
+    from components.common.artifacts.examples import feature_spec
 
     features = config.feature_names
     archive = keras.export.ExportArchive()
@@ -87,17 +84,18 @@ def export_serving_model(model, preprocessing, config: DatasetConfig, path: str)
     archive.track(model)
 
     def predict(raw):
-        return {"probability": tf.reshape(model(preprocessing(raw), training=False), [-1])}
+        return {model_artifact.OUTPUT: tf.reshape(model(preprocessing(raw), training=False),
+                                                  [-1])}
 
     def serve_examples(examples):
         return predict(tf.io.parse_example(examples, feature_spec(config, with_label=False)))
 
     archive.add_endpoint(
-        "serving_default", predict,
+        model_artifact.RAW_SIGNATURE, predict,
         input_signature=[{n: tf.TensorSpec([None], tf.string, name=n) for n in features}],
     )
     archive.add_endpoint(
-        "serving_tf_example", serve_examples,
+        model_artifact.EXAMPLE_SIGNATURE, serve_examples,
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
     )
     archive.write_out(path, verbose=False)
@@ -115,14 +113,13 @@ def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
           hparams: dict) -> dict:
     import keras
 
-    from components.common.code_version import code_version
-    from components.common.registry import model_id_of, signature_hash_of
+    from components.common.artifacts import transform as transform_artifact
+    from components.common.build_facts import code_version
     from components.train.model import build_model
-    from components.transform.transform import load_transform
 
     started = time.monotonic()
     metadata = read_metadata(examples)
-    preprocessing, transform_info = load_transform(transform_dir)
+    preprocessing, transform_info = transform_artifact.load(transform_dir)
     if transform_info["dataset_version"] != metadata["dataset_version"]:
         raise StepError(
             f"{transform_dir}: preprocessing was fitted on {transform_info['dataset_version']} "
@@ -137,7 +134,7 @@ def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
     warnings.filterwarnings("ignore", message=r".*ran out of data.*", category=UserWarning)
     keras.utils.set_random_seed(hparams["seed"])
     weights = class_weights(metadata["label_counts"]["train"])
-    with staged_output(output, last=INFO_FILE) as staging:
+    with staged_output(output, last=model_artifact.TRAINING_FILE) as staging:
         cache_dir = tempfile.mkdtemp(prefix="train-cache-")
         try:
             train_ds, eval_ds = _datasets(examples, config, preprocessing, hparams, cache_dir)
@@ -150,7 +147,8 @@ def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
                     keras.callbacks.EarlyStopping(
                         monitor="val_auc", mode="max", restore_best_weights=True,
                         patience=hparams["early_stopping_patience"]),
-                    keras.callbacks.TensorBoard(log_dir=os.path.join(staging, "logs")),
+                    keras.callbacks.TensorBoard(
+                        log_dir=os.path.join(staging, model_artifact.LOGS_DIR)),
                 ],
             )
             evaluated = model.evaluate(eval_ds, verbose=0, return_dict=True)
@@ -159,13 +157,13 @@ def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
         metrics = {k: float(v) for k, v in evaluated.items()}
         if not all(math.isfinite(v) for v in metrics.values()):
             raise StepError(f"training diverged (eval metrics {metrics}); lower learning_rate")
-        model_path = os.path.join(staging, MODEL_DIR)
+        model_path = model_artifact.saved_model_dir(staging)
         signatures = export_serving_model(model, preprocessing, config, model_path)
         seconds = time.monotonic() - started
         epochs_run = len(history.history["loss"])
         info = {
-            "model_id": model_id_of(model_path),
-            "signature_hash": signature_hash_of(signatures),
+            "model_id": model_artifact.model_id_of(model_path),
+            "signature_hash": model_artifact.signature_hash_of(signatures),
             "signatures": signatures,
             "dataset_version": metadata["dataset_version"],
             "preprocessing_hash": transform_info["preprocessing_hash"],
@@ -181,10 +179,7 @@ def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
             "examples_per_second": round(
                 metadata["rows"]["train"] * epochs_run / max(seconds, 1e-9), 1),
         }
-        with open(os.path.join(staging, METRICS_FILE), "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-        with open(os.path.join(staging, INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=2)
+        model_artifact.write(staging, info, metrics)
     log.info("trained %s on %s in %d epochs, %.1f s: eval auc=%.4f", info["model_id"],
              info["dataset_version"], epochs_run, seconds, metrics.get("auc", float("nan")))
     return info

@@ -19,17 +19,19 @@ from components.common.dataset_config import DatasetConfig
 from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
-CODE_FILES = ("layers.py", "preprocessing.py")
+# The modules that define the preprocessing: editing one invalidates processed data.
+CODE_MODULES = ("components.common.preprocessing_layers", "components.transform.preprocessing")
 EMPTY_VOCABULARY_TOKEN = "<no text in train split>"
 
 
 def preprocessing_code_hash() -> str:
     """Hash of the code that defines the preprocessing: editing it invalidates processed data."""
+    import importlib.util
+
     digest = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in CODE_FILES:
+    for name in CODE_MODULES:
         digest.update(name.encode())
-        digest.update((here / name).read_bytes())
+        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -43,8 +45,8 @@ def fit_preprocessing(examples_dir: str, config: DatasetConfig, batch_size: int 
     import keras
     import tensorflow as tf
 
-    from components.common.tf_examples import raw_dataset
-    from components.transform.layers import ZipPrefix
+    from components.common.artifacts.examples import raw_dataset
+    from components.common.preprocessing_layers import ZipPrefix
 
     if config.features.get("numeric"):
         raise StepError(

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import time
 
+from components.common.artifacts import transform as transform_artifact
+from components.common.artifacts.examples import read_metadata
 from components.common.dataset_config import DatasetConfig
-from components.common.examples import read_metadata
 from components.common.staging import staged_output
 
 log = logging.getLogger(__name__)
-MODEL_FILE = "preprocessing.keras"
-INFO_FILE = "transform.json"
 
 
 def transform(examples: str, output: str, config: DatasetConfig) -> dict:
@@ -26,14 +23,8 @@ def transform(examples: str, output: str, config: DatasetConfig) -> dict:
 
     started = time.monotonic()
     metadata = read_metadata(examples)
-    with staged_output(output, last=INFO_FILE) as staging:
+    with staged_output(output, last=transform_artifact.INFO_FILE) as staging:
         model, vocabularies = fit_preprocessing(examples, config)
-        model.save(os.path.join(staging, MODEL_FILE))
-        vocab_dir = os.path.join(staging, "vocabularies")
-        os.makedirs(vocab_dir)
-        for name, values in vocabularies.items():
-            with open(os.path.join(vocab_dir, f"{name}.txt"), "w", encoding="utf-8") as handle:
-                handle.writelines(f"{v}\n" for v in values)
         info = {
             "preprocessing_hash": preprocessing_hash(config, vocabularies),
             "dataset_version": metadata["dataset_version"],
@@ -47,24 +38,8 @@ def transform(examples: str, output: str, config: DatasetConfig) -> dict:
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.monotonic() - started, 3),
         }
-        with open(os.path.join(staging, INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=2)
+        transform_artifact.write(staging, model, vocabularies, info)
     log.info("preprocessing %s fitted on %d train rows of %s in %.1f s",
              info["preprocessing_hash"], info["rows_fitted"], info["dataset_version"],
              info["seconds"])
     return info
-
-
-def load_transform(transform_dir: str):
-    """(preprocessing keras model, transform.json) of a transform output."""
-    import keras
-
-    import components.transform.layers  # noqa: F401  (registers the custom layers)
-    from components.common.errors import StepError
-
-    info_path = os.path.join(transform_dir, INFO_FILE)
-    if not os.path.exists(info_path):
-        raise StepError(f"{transform_dir}: no {INFO_FILE}; not the output of a transform step")
-    with open(info_path, encoding="utf-8") as handle:
-        info = json.load(handle)
-    return keras.models.load_model(os.path.join(transform_dir, MODEL_FILE)), info

@@ -9,16 +9,16 @@ Jensen-Shannon divergence for numeric ones). Thresholds come from the dataset co
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 
+from components.common import documents
+from components.common.artifacts.examples import SPLITS, read_metadata, split_pattern
 from components.common.dataset_config import DatasetConfig
 from components.common.errors import StepError
-from components.common.examples import SPLITS, read_metadata, split_pattern
 from components.common.staging import staged_output
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,7 @@ def _validate_to(examples, staging, config, schema_path, baseline_examples) -> d
 
     write_report(os.path.join(staging, REPORT_FILE), summary, stats, baseline_stats,
                  schema, config)
-    with open(os.path.join(staging, SUMMARY_FILE), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, default=list)
+    documents.write_json(os.path.join(staging, SUMMARY_FILE), summary)
     log.info("validated %s (%s): %d anomalies, schema %s, %.1f s", examples,
              metadata["dataset_version"], len(anomalies), schema_source, summary["seconds"])
     return summary

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import pipeline
+from components.common import build_facts
+from orchestration.definition import PIPELINE_NAME, build_pipeline
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAMPLE_ROWS, SAMPLE_SEED = 20_000, 42
@@ -63,7 +64,7 @@ def sample_source(workdir: Path) -> Path:
     if not path.exists():
         subprocess.run([sys.executable, "-m", "datagen", "--rows", str(SAMPLE_ROWS),
                         "--seed", str(SAMPLE_SEED), "--out", str(path)],
-                       cwd=pipeline.ROOT, check=True)
+                       cwd=build_facts.ROOT, check=True)
     return path
 
 
@@ -72,8 +73,8 @@ def missing_images(registry: str, tag: str) -> list[str]:
 
     client = docker.from_env()
     tags = {t for image in client.images.list() for t in image.tags}
-    return [name for step in pipeline.STEPS
-            if (name := pipeline.image_name(step, registry, tag)) not in tags]
+    return [name for step in build_facts.pipeline_steps()
+            if (name := build_facts.image_name(step, registry, tag)) not in tags]
 
 
 def _read_json(path: Path) -> dict:
@@ -93,8 +94,9 @@ def _outputs(task_dir: Path) -> tuple[dict, dict]:
 
 def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None,
                   reason: str | None, registry: Path, model_name: str) -> dict:
+    names = build_facts.pipeline_steps()
     steps = []
-    for step in pipeline.STEPS:
+    for step in names:
         start = recorder.started.get(step)
         end, status = recorder.finished.get(step, (None, None))
         if status is None:
@@ -106,7 +108,7 @@ def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None
             status = "no outputs"
         seconds = round(end - start, 1) if start and end else None
         steps.append({"name": step, "status": status, "seconds": seconds})
-    outputs = {step: _outputs(run_dir / step) if run_dir else ({}, {}) for step in pipeline.STEPS}
+    outputs = {step: _outputs(run_dir / step) if run_dir else ({}, {}) for step in names}
     artifacts = {step: outputs[step][0] for step in outputs}
     params = {step: outputs[step][1] for step in outputs}
     metrics = artifacts["evaluate"].get("metrics", {}).get("metadata", {})
@@ -179,7 +181,7 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
     local.init(runner=local.DockerRunner(mounts=mounts, environment=environment,
                                          user=f"{os.getuid()}:{os.getgid()}"),
                pipeline_root=str(root), raise_on_error=True)
-    training_pipeline = pipeline.build_pipeline(s3_endpoint_url=None, s3_secret=None,
+    training_pipeline = build_pipeline(s3_endpoint_url=None, s3_secret=None,
                                                 image_registry=image_registry,
                                                 image_tag=image_tag)
     watcher = RunWatcher(sys.stdout)
@@ -198,7 +200,7 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
                       None) or message
     finally:
         sys.stdout = watcher._stream
-    runs = sorted(root.glob(f"{pipeline.PIPELINE_NAME}-*"), key=lambda p: p.stat().st_mtime)
+    runs = sorted(root.glob(f"{PIPELINE_NAME}-*"), key=lambda p: p.stat().st_mtime)
     run_dir = runs[-1] if runs and runs[-1].stat().st_mtime >= started - 1 else None
     summary = build_summary(run_dir, watcher, failed, reason, registry, model_name)
     summary["seconds"] = round(time.time() - started, 1)

@@ -14,6 +14,7 @@ import struct
 import time
 import zlib
 
+from components.common.artifacts.examples import shard_name
 from components.common.errors import StepError
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class BatchEncoder:
 
 
 class ShardedTFRecordWriter:
-    """Writes gzip TFRecord shards `part-NNNNN.tfrecord.gz` of at most `rows_per_shard` records."""
+    """Writes gzip TFRecord shards (`examples.shard_name`) of at most `rows_per_shard` records."""
 
     def __init__(self, directory: str, split: str, rows_per_shard: int,
                  compression_level: int = 1):
@@ -172,7 +173,7 @@ class ShardedTFRecordWriter:
         os.makedirs(directory, exist_ok=True)
 
     def _open(self) -> None:
-        name = f"part-{len(self.files):05d}.tfrecord.gz"
+        name = shard_name(len(self.files))
         self._file = open(os.path.join(self.directory, name), "wb")  # noqa: SIM115
         # wbits 31: a gzip container, which TFRecordDataset(compression_type="GZIP") reads.
         self._compressor = zlib.compressobj(self.compression_level, zlib.DEFLATED, 31)

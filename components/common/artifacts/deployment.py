@@ -12,8 +12,10 @@
       "strategy": "canary|promote|rollback"
     }
 
-`deploy --target local` writes it (one atomic write, `storage.write_bytes`); the local model
-server watches it. The strategies are pure functions from a record to the next record:
+This is the one record type and the one set of rollout rules. The deploy step's targets only
+persist and apply it: `local` in this file (plus TF Serving's model_config), `kserve` in an
+annotation of the InferenceService (plus its predictor spec); the model server reads it through
+`serving_state`. The strategies are pure functions from a record to the next record:
 
 - `canary(record, N, P)`: N gets label canary and P%, the stable version keeps its label and
   100-P% (any other canary is undeployed); with nothing deployed yet N becomes stable at 100%.
@@ -32,7 +34,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 
-from components.common import registry, storage
+from components.common import documents, registry, storage
 from components.common.errors import StepError
 
 DEPLOYMENT_FILE = "deployment.json"
@@ -113,19 +115,28 @@ def load(registry_uri: str, model_name: str) -> dict:
     uri = deployment_uri(registry_uri, model_name)
     if not storage.exists(uri):
         return empty_record(model_name)
-    try:
-        record = json.loads(storage.read_bytes(uri))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StepError(f"{uri}: deployment record is not valid JSON ({exc})") from exc
-    return validate(record, uri)
+    return validate(documents.read_json(uri, "deployment record", object_only=False), uri)
 
 
 def save(registry_uri: str, model_name: str, record: dict) -> str:
     """Validate and write the record in one atomic write; returns its URI."""
     uri = deployment_uri(registry_uri, model_name)
-    validate(record, uri)
-    storage.write_bytes(uri, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    documents.write_json(uri, validate(record, uri))
     return uri
+
+
+def serving_state(registry_uri: str, model_name: str) -> dict:
+    """What a model server serves: the deployment record or, when nothing has been deployed
+    yet, the registry's current version as stable with 100% of the traffic."""
+    record = load(registry_uri, model_name)
+    if record["versions"]:
+        return record
+    current = registry.read_index(registry_uri, model_name).get("current")
+    if current is None:
+        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: no {DEPLOYMENT_FILE} "
+                        f"and no current version in {registry.INDEX_FILE}; nothing to serve")
+    key = str(int(current))
+    return validate({**record, "versions": {key: {"labels": [STABLE]}}, "traffic": {key: 100}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +159,22 @@ def canary_version(record: dict) -> int | None:
 
 def deployed_versions(record: dict) -> list[int]:
     return sorted(int(key) for key in record.get("versions", {}))
+
+
+def labels(record: dict) -> dict[str, int]:
+    """label -> version."""
+    return {label: int(key) for key, spec in record["versions"].items()
+            for label in spec["labels"]}
+
+
+def traffic(record: dict) -> dict[int, int]:
+    """version -> percent of the traffic."""
+    return {int(key): percent for key, percent in record["traffic"].items()}
+
+
+def state_key(record: dict) -> str:
+    """Equal for two records that serve the same versions, labels and split."""
+    return json.dumps([record["versions"], record["traffic"]], sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""The model artifact: train's output, what evaluate analyses and push publishes.
+
+    <dir>/model/          the SavedModel (what the registry versions and TF Serving serves)
+    <dir>/metrics.json    eval metrics at the end of training
+    <dir>/logs/           TensorBoard
+    <dir>/training.json   written last: the lineage (model_id, signature_hash, dataset_version,
+                          preprocessing_hash, hparams, metrics, code_version, ...)
+
+Also the model's identity (`model_id_of`, `signature_hash_of`: THE definitions, which train,
+evaluate, push, the registry and deploy all use) and its serving contract: two signatures,
+`serving_default` taking one raw string tensor per feature and `serving_tf_example` taking
+serialized tf.Examples, both answering `probability`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+
+from components.common import documents
+from components.common.errors import StepError
+
+MODEL_DIR = "model"
+TRAINING_FILE = "training.json"
+METRICS_FILE = "metrics.json"
+LOGS_DIR = "logs"
+SAVED_MODEL_FILE = "saved_model.pb"
+# Copied last: a reader that finds saved_model.pb finds the variables and assets too.
+LAST_FILES = ("fingerprint.pb", SAVED_MODEL_FILE)
+RAW_SIGNATURE = "serving_default"
+EXAMPLE_SIGNATURE = "serving_tf_example"
+OUTPUT = "probability"
+REQUIRED_LINEAGE = ("model_id", "signature_hash")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout.
+
+def saved_model_dir(train_output: str) -> str:
+    return os.path.join(train_output, MODEL_DIR)
+
+
+def is_saved_model(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, SAVED_MODEL_FILE))
+
+
+def write(directory: str, training: dict, metrics: dict) -> None:
+    """metrics.json, then training.json (the marker of a finished train output)."""
+    documents.write_json(os.path.join(directory, METRICS_FILE), metrics)
+    documents.write_json(os.path.join(directory, TRAINING_FILE), training)
+
+
+def read_training(train_output: str) -> dict:
+    """training.json of a train output, with the identity fields every consumer relies on."""
+    path = os.path.join(train_output, TRAINING_FILE)
+    training = documents.read_json(path, TRAINING_FILE, "train")
+    for key in REQUIRED_LINEAGE:
+        if not training.get(key):
+            raise StepError(f"{path}: missing {key!r}")
+    return training
+
+
+def locate(path: str) -> tuple[str, dict | None]:
+    """A train output (`<dir>/model/` + `<dir>/training.json`) or a bare SavedModel directory
+    -> (SavedModel directory, training.json or None).
+
+    A SavedModel named `model/` inside a train output finds its training.json beside it.
+    """
+    if is_saved_model(saved_model_dir(path)):
+        return saved_model_dir(path), _training_if_any(path)
+    if is_saved_model(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.basename(os.path.abspath(path)) == MODEL_DIR:
+            return path, _training_if_any(parent)
+        return path, None
+    raise StepError(f"{path}: neither a train output ({MODEL_DIR}/{SAVED_MODEL_FILE}) nor a "
+                    f"SavedModel directory ({SAVED_MODEL_FILE})")
+
+
+def _training_if_any(train_output: str) -> dict | None:
+    if not os.path.isfile(os.path.join(train_output, TRAINING_FILE)):
+        return None
+    return documents.read_json(os.path.join(train_output, TRAINING_FILE), TRAINING_FILE, "train")
+
+
+def signature_defs(saved_model: str) -> dict:
+    """The SavedModel's SignatureDef map (protos, as TF Serving reports them)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model, SAVED_MODEL_FILE), "rb") as handle:
+        saved.ParseFromString(handle.read())
+    return dict(saved.meta_graphs[0].signature_def)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity.
+
+def model_id_of(model_dir: str) -> str:
+    """The identity of a SavedModel: sha256 over its files, first 16 hex digits.
+
+    Every file under `model_dir` counts: its path relative to `model_dir` (POSIX separators),
+    its size and its bytes, in sorted path order; directories themselves and file times do
+    not. So the same files give the same id wherever they are copied, and a changed byte, a
+    renamed or added file changes it.
+    """
+    if not os.path.isdir(model_dir):
+        raise StepError(f"{model_dir}: not a directory; expected a SavedModel directory")
+    digest = hashlib.sha256()
+    files = []
+    for root, dirs, names in os.walk(model_dir):
+        dirs.sort()
+        for name in names:
+            path = os.path.join(root, name)
+            files.append((os.path.relpath(path, model_dir).replace(os.sep, "/"), path))
+    if not files:
+        raise StepError(f"{model_dir}: empty directory; expected a SavedModel")
+    for relative, path in sorted(files):
+        digest.update(relative.encode("utf-8") + b"\0")
+        digest.update(os.path.getsize(path).to_bytes(8, "big"))
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def signature_hash_of(signatures: Mapping[str, Mapping[str, Mapping[str, str]]]) -> str:
+    """The hash of a model's serving interface, first 16 hex digits of a sha256.
+
+    `signatures` is `{signature_name: {"inputs": {name: dtype}, "outputs": {name: dtype}}}` with
+    dtype names as TensorFlow prints them (`tf.string.name` == "string", "float32"). Names and
+    dtypes count, their order does not; shapes do not (batch size is not an interface change).
+    A different hash makes the next registry version a new major version.
+    """
+    canonical = {
+        str(name): {
+            part: {str(k): str(v) for k, v in dict(spec.get(part) or {}).items()}
+            for part in ("inputs", "outputs")
+        }
+        for name, spec in signatures.items()
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
