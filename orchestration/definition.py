@@ -5,8 +5,7 @@ a run parameter. `pipeline.py --compile` writes the package; `orchestration.loca
 the same function with kfp.local.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
 from components.common import build_facts
 
 PIPELINE_NAME = "cfpb-continuous-training"

@@ -63,28 +63,11 @@ def test_steps_pass_executor_input_and_artifacts(compiled):
 
 
 @pytest.mark.parametrize("step", build_facts.pipeline_steps())
-def test_component_spec_matches_the_cli(step):
-    """Every flag a component.yaml passes is one the step's CLI accepts, and vice versa."""
-    import importlib
-
+def test_kfp_loads_every_component_spec(step):
+    """kfp itself reads each spec (tests/test_component_specs.py checks it against the CLI)."""
     spec_path = ROOT / "components" / step / "component.yaml"
     spec = components.load_component_from_file(str(spec_path))
     assert spec.name == step
     raw = yaml.safe_load(spec_path.read_text())
-    container = raw["implementation"]["container"]
-    assert container["command"] == ["python", "-m", f"components.{step}"]
-    flags = set()
-    for arg in container["args"]:
-        if isinstance(arg, str) and arg.startswith("--"):
-            flags.add(arg)
-        elif isinstance(arg, dict) and "if" in arg:
-            flags.update(a for a in arg["if"]["then"] if isinstance(a, str) and a.startswith("--"))
-    parser = importlib.import_module(f"components.{step}.__main__").build_parser()
-    cli_flags = {opt for action in parser._actions for opt in action.option_strings
-                 if opt.startswith("--") and opt != "--help"}
-    assert flags <= cli_flags, flags - cli_flags
-    required = {opt for action in parser._actions if action.required
-                for opt in action.option_strings}
-    assert required <= flags, required - flags
     for name in (i["name"] for i in raw.get("inputs", [])):
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{name}: kfp lowercases input names"

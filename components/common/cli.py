@@ -67,6 +67,11 @@ def optional_str(value: str) -> str | None:
     return value or None
 
 
+def optional_float(value: str) -> float | None:
+    """A number, or "" (a KFP default) for 'not given: use the configuration'."""
+    return float(value) if value.strip() else None
+
+
 def add_executor_input(parser) -> None:
     parser.add_argument(
         "--executor-input", default=None, metavar="JSON",

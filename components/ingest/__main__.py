@@ -8,6 +8,7 @@ from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    optional_float,
     optional_str,
     run_step,
 )
@@ -23,8 +24,9 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--output", required=True,
                         help="directory for train/, eval/ and metadata.json (must be empty)")
     add_dataset_config(parser)
-    parser.add_argument("--eval-fraction", type=float, default=None,
-                        help="share of rows in the eval split (default: the config's, 0.1)")
+    parser.add_argument("--eval-fraction", type=optional_float, default=None,
+                        help="share of rows in the eval split (default or empty: the dataset "
+                             "config's split.eval_fraction)")
     parser.add_argument("--store", type=optional_str, default=None,
                         help="keep an immutable snapshot of the source under its version in this "
                              "directory or s3://bucket/prefix")

@@ -24,7 +24,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--output", required=True,
                         help="directory for model/ (the SavedModel), training.json, metrics.json "
                              "and logs/ (TensorBoard)")
-    parser.add_argument("--hparams", type=optional_str, default=None,
+    parser.add_argument("--hparams", type=optional_str, default="{}",
                         help="hyperparameters as one JSON object, e.g. "
                              "'{\"learning_rate\": 0.01}'; missing keys take the defaults in "
                              "components/train/hparams.py")
