@@ -80,6 +80,20 @@ def add_executor_input(parser) -> None:
     )
 
 
+def add_report_copy(parser) -> None:
+    parser.add_argument("--report", type=optional_str, default=None,
+                        help="also copy report.html to this file (the KFP HTML artifact)")
+
+
+def copy_to_output(source: str, destination: str | None) -> None:
+    """Copy a file to a KFP output path (its directory may not exist yet); None: nothing."""
+    if destination:
+        import shutil
+
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        shutil.copyfile(source, destination)
+
+
 def add_dataset_config(parser) -> None:
     parser.add_argument(
         "--dataset-config", type=optional_str, default=None,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    add_report_copy,
+    copy_to_output,
     optional_str,
     run_step,
 )
@@ -43,8 +44,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--classification-metrics", type=optional_str, default=None,
                         help="also write ROC points and the confusion matrix as JSON here "
                              "(the KFP ClassificationMetrics file)")
-    parser.add_argument("--report", type=optional_str, default=None,
-                        help="also copy report.html to this file (the KFP HTML artifact)")
+    add_report_copy(parser)
     add_executor_input(parser)
     return parser
 
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
         documents.write_json(args.metrics, scalars)
     if args.classification_metrics:
         documents.write_json(args.classification_metrics, result["classification_metrics"])
-    if args.report:
-        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-        shutil.copyfile(os.path.join(args.output, evaluation.REPORT_FILE), args.report)
+    copy_to_output(os.path.join(args.output, evaluation.REPORT_FILE), args.report)
 
     baseline = blessing["baseline"]
     executor.artifact("evaluation", {

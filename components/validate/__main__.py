@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    add_report_copy,
+    copy_to_output,
     optional_str,
     parse_bool,
     run_step,
@@ -37,8 +38,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--fail-on-anomalies", nargs="?", const=True, default=False,
                         type=parse_bool, metavar="BOOL",
                         help="exit non-zero when anomalies are found (outputs are still written)")
-    parser.add_argument("--report", type=optional_str, default=None,
-                        help="also copy report.html to this file (the KFP HTML artifact)")
+    add_report_copy(parser)
     add_executor_input(parser)
     return parser
 
@@ -55,9 +55,7 @@ def main(argv=None) -> int:
     summary = validate(args.examples, args.output, config, args.schema, args.baseline_examples,
                        args.baseline_store)
     report = os.path.join(args.output, REPORT_FILE)
-    if args.report:
-        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-        shutil.copyfile(report, args.report)
+    copy_to_output(report, args.report)
     executor.artifact("statistics", {
         "dataset_version": summary["dataset_version"],
         "baseline_dataset_version": summary["baseline_dataset_version"] or "",
