@@ -11,7 +11,13 @@ import argparse
 import sys
 
 from components.common import build_facts
-from orchestration.definition import PIPELINE_NAME, S3_ENDPOINT_URL, S3_SECRET, compile_pipeline
+from orchestration.definition import (
+    GATES,
+    PIPELINE_NAME,
+    S3_ENDPOINT_URL,
+    S3_SECRET,
+    compile_pipeline,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"MinIO/S3 endpoint the steps use on the cluster ({S3_ENDPOINT_URL})")
     parser.add_argument("--s3-secret", default=S3_SECRET,
                         help=f"Secret with accesskey/secretkey for it ({S3_SECRET}); '' for none")
+    parser.add_argument("--resources", metavar="YAML",
+                        help="--compile: CPU/memory per step replacing the defaults, e.g. "
+                             "{train: {memory_limit: 8Gi, cpu_limit: '4'}} (keys cpu_request, "
+                             "cpu_limit, memory_request, memory_limit)")
+    parser.add_argument("--gates", choices=GATES, default="conditions",
+                        help="--compile: skip push/deploy by dsl.If on blessed/pushed, shown as "
+                             "skipped in the UI (conditions, default), or only inside the steps "
+                             "(in-step, what kfp.local runs)")
     return parser
+
+
+def _resources(path: str | None) -> dict | None:
+    if not path:
+        return None
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
 
 
 def main(argv=None) -> int:
@@ -44,9 +67,16 @@ def main(argv=None) -> int:
     if not args.compile and not args.run:
         parser.error("nothing to do: pass --compile or --run local")
     if args.compile:
-        path = compile_pipeline(args.output, s3_endpoint_url=args.s3_endpoint_url,
-                                s3_secret=args.s3_secret or None,
-                                image_registry=args.image_registry, image_tag=args.image_tag)
+        try:
+            resources = _resources(args.resources)
+            path = compile_pipeline(args.output, s3_endpoint_url=args.s3_endpoint_url,
+                                    s3_secret=args.s3_secret or None,
+                                    image_registry=args.image_registry,
+                                    image_tag=args.image_tag, resources=resources,
+                                    gates=args.gates)
+        except (OSError, ValueError) as exc:  # a bad --resources file
+            print(f"error: pipeline: {exc}", file=sys.stderr)
+            return 2
         print(f"compiled {PIPELINE_NAME} to {path}")
     if args.run == "local":
         from orchestration.local_runner import run_local

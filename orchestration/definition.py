@@ -10,6 +10,36 @@ from components.common import build_facts
 
 PIPELINE_NAME = "cfpb-continuous-training"
 
+# Requests and limits per step (CPU cores, memory), from bench/ figures: peak memory at 310k rows
+# was ingest 0.3 GB, validate 1.0, transform 0.9, train 1.1, evaluate 0.9 (as processes); the
+# limits leave room for larger data. `pipeline.py --compile --resources FILE` overrides them.
+RESOURCES = {
+    "ingest": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "512Mi",
+               "memory_limit": "1Gi"},
+    "validate": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi",
+                 "memory_limit": "4Gi"},
+    "transform": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1536Mi",
+                  "memory_limit": "3Gi"},
+    "train": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi",
+              "memory_limit": "4Gi"},
+    "evaluate": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1536Mi",
+                 "memory_limit": "3Gi"},
+    "push": {"cpu_request": "250m", "cpu_limit": "1", "memory_request": "256Mi",
+             "memory_limit": "512Mi"},
+    "deploy": {"cpu_request": "250m", "cpu_limit": "1", "memory_request": "256Mi",
+               "memory_limit": "512Mi"},
+}
+RESOURCE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+# Never cached: steps with side effects (push, deploy) or whose input is outside the pipeline
+# (ingest reads whatever is at the source URI now). The rest cache on their inputs, which are
+# content-addressed from ingest on (a new data version is a new examples artifact).
+NOT_CACHED = ("ingest", "push", "deploy")
+# How push and deploy are skipped when there is nothing to do: `conditions` (the cluster
+# package: dsl.If on blessed / pushed, shown as skipped in the UI) or `in-step` (kfp.local
+# cannot run conditions: the steps gate themselves and record "skipped"). The steps gate
+# themselves in both; the packages differ only in the conditions (tests/test_pipeline.py).
+GATES = ("conditions", "in-step")
+
 # Where the steps find MinIO on a cluster: KFP's own MinIO and its credentials Secret by default.
 S3_ENDPOINT_URL = "http://minio-service.kubeflow:9000"
 S3_SECRET = "mlpipeline-minio-artifact"
@@ -29,15 +59,41 @@ def load_components(registry: str = build_facts.DEFAULT_REGISTRY,
                                                                                tag)
         loaded[step] = components.load_component_from_text(yaml.safe_dump(spec, sort_keys=False))
     return loaded
+def resources_with(overrides: dict | None) -> dict[str, dict[str, str]]:
+    """RESOURCES with a user's overrides (`{step: {cpu_limit: "4", ...}}`), checked."""
+    merged = {step: dict(values) for step, values in RESOURCES.items()}
+    for step, values in (overrides or {}).items():
+        if step not in merged:
+            raise ValueError(f"resources: unknown step {step!r} (steps: {', '.join(merged)})")
+        if not isinstance(values, dict) or set(values) - set(RESOURCE_KEYS):
+            raise ValueError(f"resources: {step}: expected a mapping with keys from "
+                             f"{', '.join(RESOURCE_KEYS)}, got {values!r}")
+        merged[step].update({key: str(value) for key, value in values.items()})
+    return merged
+
+
 def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
                    s3_secret: str | None = S3_SECRET,
                    image_registry: str = build_facts.DEFAULT_REGISTRY,
-                   image_tag: str | None = None):
-    """The pipeline function; cluster wiring (images, S3 endpoint, Secret) is fixed at compile
-    time, never a run parameter."""
+                   image_tag: str | None = None,
+                   resources: dict | None = None,
+                   gates: str = "conditions"):
+    """The pipeline function; cluster wiring (images, S3 endpoint, Secret, resources, gates)
+    is fixed at compile time, never a run parameter."""
     from kfp import dsl
 
+    if gates not in GATES:
+        raise ValueError(f"gates {gates!r}: expected one of {', '.join(GATES)}")
     steps = load_components(image_registry, image_tag)
+    sizes = resources_with(resources)
+
+    def configured(task, step: str):
+        """Storage access, resources and caching: what every task gets."""
+        size = sizes[step]
+        task.set_cpu_request(size["cpu_request"]).set_cpu_limit(size["cpu_limit"])
+        task.set_memory_request(size["memory_request"]).set_memory_limit(size["memory_limit"])
+        task.set_caching_options(step not in NOT_CACHED)
+        return with_storage_access(task)
 
     def with_storage_access(task):
         if s3_endpoint_url:
@@ -71,39 +127,52 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         serving_namespace: str = "",
         serving_account: str = "",
     ):
-        ingest = with_storage_access(steps["ingest"](
+        ingest = configured(steps["ingest"](
             source=source, dataset_config=dataset_config, eval_fraction=eval_fraction,
             store=data_store,
-        ))
+        ), "ingest")
         ingest.set_display_name("Ingest and version data")
-        validate = with_storage_access(steps["validate"](
+        validate = configured(steps["validate"](
             examples=ingest.outputs["examples"], baseline_store=data_store, schema=schema,
             dataset_config=dataset_config, fail_on_anomalies=fail_on_anomalies,
-        ))
+        ), "validate")
         validate.set_display_name("Validate data (TFDV)")
-        transform = with_storage_access(steps["transform"](
-            examples=ingest.outputs["examples"], dataset_config=dataset_config))
+        transform = configured(steps["transform"](
+            examples=ingest.outputs["examples"], dataset_config=dataset_config), "transform")
         transform.set_display_name("Fit preprocessing")
         transform.after(validate)  # anomalous data stops the run before any model work
-        train = with_storage_access(steps["train"](
+        train = configured(steps["train"](
             examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
-            hparams=hparams, dataset_config=dataset_config))
+            hparams=hparams, dataset_config=dataset_config), "train")
         train.set_display_name("Train model")
-        evaluate = with_storage_access(steps["evaluate"](
+        evaluate = configured(steps["evaluate"](
             model=train.outputs["model"], examples=ingest.outputs["examples"],
             baseline_model=f"{registry}/{model_name}", thresholds=thresholds,
-            dataset_config=dataset_config))
+            dataset_config=dataset_config), "evaluate")
         evaluate.set_display_name("Analyse and bless model")
-        push = with_storage_access(steps["push"](
-            model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
-            registry=registry, model_name=model_name))
-        push.set_display_name("Publish to model registry (if blessed)")
-        deploy = with_storage_access(steps["deploy"](
-            registry=registry, model_name=model_name, version=push.outputs["model_version"],
-            pushed=push.outputs["pushed"], strategy="canary", canary_percent=canary_percent,
-            target=deploy_target, namespace=serving_namespace,
-            service_account=serving_account))
-        deploy.set_display_name("Deploy as canary (if pushed)")
+
+        def publish():
+            push = configured(steps["push"](
+                model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                registry=registry, model_name=model_name), "push")
+            push.set_display_name("Publish to model registry (if blessed)")
+            return push
+
+        def deploy(push):
+            task = configured(steps["deploy"](
+                registry=registry, model_name=model_name, version=push.outputs["model_version"],
+                pushed=push.outputs["pushed"], strategy="canary", canary_percent=canary_percent,
+                target=deploy_target, namespace=serving_namespace,
+                service_account=serving_account), "deploy")
+            task.set_display_name("Deploy as canary (if pushed)")
+
+        if gates == "in-step":
+            deploy(publish())
+            return
+        with dsl.If(evaluate.outputs["blessed"] == True, name="blessed"):  # noqa: E712
+            push = publish()
+            with dsl.If(push.outputs["pushed"] == True, name="pushed"):  # noqa: E712
+                deploy(push)
 
     return training_pipeline
 

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from components.common import build_facts
@@ -181,9 +182,12 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
     local.init(runner=local.DockerRunner(mounts=mounts, environment=environment,
                                          user=f"{os.getuid()}:{os.getgid()}"),
                pipeline_root=str(root), raise_on_error=True)
+    # Resources, display names, caching: cluster settings kfp.local ignores, with a warning each.
+    warnings.filterwarnings("ignore", message=r"'\.\w+\(\)' is not used by the current local")
+    # kfp.local runs no conditions (ARCHITECTURE.md): push and deploy gate themselves.
     training_pipeline = build_pipeline(s3_endpoint_url=None, s3_secret=None,
-                                                image_registry=image_registry,
-                                                image_tag=image_tag)
+                                       image_registry=image_registry, image_tag=image_tag,
+                                       gates="in-step")
     watcher = RunWatcher(sys.stdout)
     started = time.time()
     failed = reason = None

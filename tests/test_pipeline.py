@@ -26,13 +26,37 @@ def compiled(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def compiled_in_step(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline") / "pipeline-in-step.yaml"
+    pipeline.main(["--compile", "--gates", "in-step", "--output", str(path)])
+    return path
+
+
+def all_tasks(spec: dict) -> dict[str, tuple[dict, list[str]]]:
+    """Every task of the package, conditions unfolded: name -> (task, enclosing conditions)."""
+    found = {}
+
+    def walk(tasks: dict, conditions: list[str]) -> None:
+        for name, task in tasks.items():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                condition = task["triggerPolicy"]["condition"]
+                walk(component["dag"]["tasks"], [*conditions, condition])
+            else:
+                found[name] = (task, conditions)
+
+    walk(spec["root"]["dag"]["tasks"], [])
+    return found
+
+
 def test_pipeline_compiles_and_loads_back(compiled):
     loaded = components.load_component_from_file(str(compiled))
     assert loaded.name == definition.PIPELINE_NAME
     docs = list(yaml.safe_load_all(compiled.read_text()))
     spec = docs[0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == set(build_facts.pipeline_steps())
+    assert set(all_tasks(spec)) == set(build_facts.pipeline_steps())
     validate_inputs = tasks["validate"]["inputs"]["artifacts"]
     assert validate_inputs["examples"]["taskOutputArtifact"] == {
         "outputArtifactKey": "examples", "producerTask": "ingest"}
@@ -71,3 +95,71 @@ def test_kfp_loads_every_component_spec(step):
     raw = yaml.safe_load(spec_path.read_text())
     for name in (i["name"] for i in raw.get("inputs", [])):
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{name}: kfp lowercases input names"
+
+
+def test_every_task_has_resources_and_the_right_caching(compiled):
+    spec = list(yaml.safe_load_all(compiled.read_text()))[0]
+    executors = spec["deploymentSpec"]["executors"]
+    for name, (task, _conditions) in all_tasks(spec).items():
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        resources = executors[executor]["container"]["resources"]
+        wanted = definition.RESOURCES[name]
+        assert resources["resourceCpuRequest"] == wanted["cpu_request"], name
+        assert resources["resourceCpuLimit"] == wanted["cpu_limit"], name
+        assert resources["resourceMemoryRequest"] == wanted["memory_request"], name
+        assert resources["resourceMemoryLimit"] == wanted["memory_limit"], name
+        assert resources["memoryRequest"] <= resources["memoryLimit"], name
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        # side effects and external inputs are never replayed from the cache
+        assert cached == (name not in ("ingest", "push", "deploy")), name
+
+
+def test_push_and_deploy_are_conditions_on_the_cluster(compiled):
+    spec = list(yaml.safe_load_all(compiled.read_text()))[0]
+    tasks = all_tasks(spec)
+    assert tasks["push"][1] == [
+        "inputs.parameter_values['pipelinechannel--evaluate-blessed'] == true"]
+    assert tasks["deploy"][1] == [
+        "inputs.parameter_values['pipelinechannel--evaluate-blessed'] == true",
+        "inputs.parameter_values['pipelinechannel--push-pushed'] == true"]
+    assert all(not conditions for name, (_t, conditions) in tasks.items()
+               if name not in ("push", "deploy"))
+
+
+def test_the_local_package_differs_only_in_the_conditions(compiled, compiled_in_step):
+    cluster = list(yaml.safe_load_all(compiled.read_text()))
+    local = list(yaml.safe_load_all(compiled_in_step.read_text()))
+    # the same containers (images, commands, arguments, resources, env) and platform settings
+    assert cluster[0]["deploymentSpec"] == local[0]["deploymentSpec"]
+    assert cluster[1] == local[1]
+    cluster_tasks, local_tasks = all_tasks(cluster[0]), all_tasks(local[0])
+    assert set(cluster_tasks) == set(local_tasks)
+    assert all(not conditions for _t, conditions in local_tasks.values())
+    for name, (task, _conditions) in local_tasks.items():
+        other = cluster_tasks[name][0]
+        for key in ("componentRef", "cachingOptions", "taskInfo"):
+            assert task.get(key) == other.get(key), (name, key)
+        assert set(task.get("inputs", {}).get("parameters", {})) == set(
+            other.get("inputs", {}).get("parameters", {})), name
+    assert spec_without_conditions(cluster[0]) == spec_without_conditions(local[0])
+
+
+def spec_without_conditions(spec: dict) -> dict:
+    """The components that are containers (conditions' sub-DAGs left out)."""
+    return {name: component for name, component in spec["components"].items()
+            if "dag" not in component}
+
+
+def test_resources_are_overridable_at_compile_time(tmp_path):
+    overrides = tmp_path / "resources.yaml"
+    overrides.write_text("train: {memory_limit: 8Gi, cpu_limit: '4'}\n")
+    path = tmp_path / "p.yaml"
+    assert pipeline.main(["--compile", "--resources", str(overrides), "--output", str(path)]) == 0
+    spec = list(yaml.safe_load_all(path.read_text()))[0]
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["resourceMemoryLimit"] == "8Gi" and resources["resourceCpuLimit"] == "4"
+    assert resources["resourceMemoryRequest"] == definition.RESOURCES["train"]["memory_request"]
+    overrides.write_text("trian: {memory_limit: 8Gi}\n")
+    assert pipeline.main(["--compile", "--resources", str(overrides), "--output",
+                          str(tmp_path / "q.yaml")]) == 2
+    assert not (tmp_path / "q.yaml").exists()
