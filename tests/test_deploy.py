@@ -37,7 +37,8 @@ def make_registry(root: Path, versions=(1, 2, 3)) -> str:
         (base / str(n) / "variables" / "variables.index").write_bytes(b"vars %d" % n)
     index = {"model_name": NAME, "current": max(versions),
              "versions": [{"version": n, "semver": f"1.{n}.0", "model_id": f"id{n}",
-                           "uri": str(base / str(n))} for n in versions]}
+                           "uri": str(base / str(n)), "tensorflow_version": "2.16.2"}
+                          for n in versions]}
     (base / "index.json").write_text(json.dumps(index))
     return str(root)
 
@@ -159,6 +160,8 @@ class FakeKube:
 
     def __init__(self, ready: str = "now"):
         self.ready = ready
+        # statuses to answer the next requests with, in order (0: answer normally)
+        self.failures: list[int] = []
         self.objects: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str, str | None, dict | None]] = []
         self.lock = threading.Lock()
@@ -185,6 +188,10 @@ class FakeKube:
                                           body))
                     if not match:
                         return self._send(404, {"kind": "Status", "reason": "NotFound"})
+                    status = fake.failures.pop(0) if fake.failures else 0
+                    if status:
+                        return self._send(status, {"kind": "Status", "code": status,
+                                                   "reason": "InjectedFailure"})
                     code, obj = fake.handle(method, match[1], match[2], body)
                 self._send(code, obj)
 
@@ -287,6 +294,8 @@ def check_manifest_shape(obj: dict) -> None:
     assert obj["metadata"]["name"] == "cfpb-dispute" and obj["metadata"]["namespace"] == NS
     predictor = obj["spec"]["predictor"]
     assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+    # TF Serving 2.16.1 for models exported by TF 2.16 (KServe's default 2.6 cannot load them)
+    assert predictor["model"]["runtimeVersion"] == "2.16.1"
     assert predictor["model"]["storageUri"]
     assert "env" not in predictor and "secret" not in json.dumps(obj).lower()
 
@@ -295,16 +304,20 @@ def uri(prefix: str, n: int) -> str:
     return f"{prefix}/{NAME}/serving/{n}"
 
 
+RUNTIMES = {n: "2.16.1" for n in (1, 2, 3)}
+
+
 def test_manifest_shape_and_storage_layout():
     record = deployment.canary(deployment.promote(deployment.empty_record(NAME), 2), 3, 10)
-    body = kserve.manifest(target("s3://models/registry"), NAME, record)
+    body = kserve.manifest(target("s3://models/registry"), NAME, record, RUNTIMES)
     check_manifest_shape(body)
     assert body["spec"]["predictor"]["model"]["storageUri"] == uri("s3://models/registry", 3)
     assert body["spec"]["predictor"]["serviceAccountName"] == "minio-reader"
     assert body["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert json.loads(body["metadata"]["annotations"][kserve.A_RECORD]) == record
     stable_only = deployment.promote(record, 3)
-    predictor = kserve.manifest(target("s3://m", None), NAME, stable_only)["spec"]["predictor"]
+    predictor = kserve.manifest(target("s3://m", None), NAME, stable_only,
+                                RUNTIMES)["spec"]["predictor"]
     assert "serviceAccountName" not in predictor and "canaryTrafficPercent" not in predictor
     assert predictor["model"]["storageUri"] == uri("s3://m", 3)
 
@@ -499,3 +512,81 @@ def test_cli_kserve_never_ready_exits_non_zero(registry_root, tmp_path, cli):
     assert len(errors) == 1 and "did not become Ready within 1s" in errors[0]
     assert not (tmp_path / "out" / "executor_output.json").exists()
     assert [m for m, *_ in fake.requests if m != "GET"] == ["POST"]
+
+
+# --- TF Serving runtime, retries, dry runs ---------------------------------------------------
+
+@pytest.mark.parametrize(("lineage", "message"), [
+    ({}, "does not say which TensorFlow exported it"),
+    ({"tensorflow_version": "2.99.0"}, "exported by TensorFlow 2.99.0; no known TF Serving"),
+])
+def test_kserve_refuses_a_model_no_known_runtime_loads(tmp_path, fake_kube, lineage, message):
+    root = make_registry(tmp_path / "registry", versions=(1,))
+    index_path = Path(root) / NAME / "index.json"
+    index = json.loads(index_path.read_text())
+    index["versions"][0].pop("tensorflow_version")
+    index["versions"][0].update(lineage)
+    index_path.write_text(json.dumps(index))
+    fake, api = fake_kube("now")
+    with pytest.raises(StepError, match=message):
+        deploy(root, NAME, 1, "promote", target="kserve", kserve_target=target(root),
+               kserve_api=api, timeout_seconds=5)
+    assert fake.writes() == []
+
+
+def test_kserve_calls_retry_transient_failures_only(registry_root, fake_kube):
+    fake, api = fake_kube("now")
+    fake.failures = [503, 429, 0, 502]  # the get twice, then the create once
+    run = {"target": "kserve", "kserve_target": target(registry_root), "kserve_api": api,
+           "timeout_seconds": 10, "poll_seconds": 0.05}
+    assert deploy(registry_root, NAME, 1, "promote", **run)["deployed"]
+    assert [m for m, *_ in fake.requests][:5] == ["GET", "GET", "GET", "POST", "POST"]
+    fake.requests.clear()
+    fake.failures = [403]  # forbidden is not transient: one request, one line, no retry
+    with pytest.raises(StepError, match=r"get InferenceService models/cfpb-dispute: "
+                                        r"Kubernetes API error 403"):
+        deploy(registry_root, NAME, 2, "canary", **run)
+    assert len(fake.requests) == 1
+
+
+def test_dry_run_from_a_record_needs_no_cluster_and_changes_nothing(registry_root, tmp_path, cli):
+    import yaml
+
+    record = deployment.promote(deployment.empty_record(NAME), 2, known_versions=[1, 2, 3])
+    record_file = tmp_path / "deployment.json"
+    record_file.write_text(json.dumps(record))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = cli(MODULE, "--registry", registry_root, "--model-name", NAME, "--version", "3",
+                 "--strategy", "canary", "--canary-percent", "20", "--target", "kserve",
+                 "--namespace", NS, "--service-name", "cfpb-dispute", "--dry-run",
+                 "--record", str(record_file),
+                 env={"KUBECONFIG": str(tmp_path / "no-such-kubeconfig"),
+                      "KUBERNETES_SERVICE_HOST": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# dry run: canary on target kserve; nothing was changed")
+    plan, *requests = yaml.safe_load_all(result.stdout)
+    assert plan["deployment_record"]["traffic"] == {"2": 80, "3": 20}
+    assert plan["status"] == "deployed"
+    ((action, body),) = [(r["action"], r["body"]) for r in requests]
+    assert action == "patch"
+    assert body["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert body["spec"]["predictor"]["model"]["storageUri"] == uri(registry_root, 3)
+    assert json.loads(body["metadata"]["annotations"][kserve.A_RECORD])["revision"] == 2
+    # nothing written: no serving views, no output, no record in the registry
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (Path(registry_root) / NAME / "serving").exists()
+
+
+def test_dry_run_of_a_first_deployment_shows_the_object_to_create(registry_root, fake_kube):
+    from components.deploy.deploy import dry_run
+
+    fake, api = fake_kube("now")
+    plan = dry_run(registry_root, NAME, 2, "canary", target="kserve",
+                   kserve_target=target(registry_root), kserve_api=api)
+    ((action, body),) = plan["requests"]
+    assert action == "create"
+    check_manifest_shape(body)
+    assert [m for m, *_ in fake.requests] == ["GET"]  # read the current state, nothing else
+    local = dry_run(registry_root, NAME, 2, "canary")
+    assert local["record"]["traffic"] == {"2": 100} and "versions: 2" in local["model_config"]
+    assert not (Path(registry_root) / NAME / "deployment.json").exists()

@@ -357,6 +357,9 @@ def _verb(method: str, path: str) -> str:
             "DELETE": "delete" if named else "deletecollection"}[method]
 
 
+ENTRIES = {n: {"version": n, "tensorflow_version": "2.16.2"} for n in (1, 2, 3)}
+
+
 def _verbs_the_deploy_step_uses() -> set[str]:
     """Run every strategy of the KServe target against tests/test_deploy.py's fake API server
     and record the requests."""
@@ -374,7 +377,7 @@ def _verbs_the_deploy_step_uses() -> set[str]:
         for strategy, version in (("canary", 1), ("canary", 2), ("promote", 2),
                                   ("canary", 3), ("rollback", None), ("rollback", None)):
             kserve.deploy(api, target, "cfpb-disputes", strategy, version, 10,
-                          timeout_seconds=5, poll_seconds=0.01)
+                          entries=ENTRIES, timeout_seconds=5, poll_seconds=0.01)
         requests = [(method, path) for method, path, _ct, _body in fake.requests]
     finally:
         fake.close()

@@ -49,6 +49,7 @@ FIRST_SEMVER = "1.0.0"
 INDEX_FIELDS = (
     "version", "semver", "model_id", "signature_hash", "dataset_version", "preprocessing_hash",
     "hparams", "metrics", "baseline_version", "code_version", "pushed_at", "blessed", "uri",
+    "tensorflow_version",
 )
 # What the semantic version policy compares (see `change_level`).
 MINOR_FIELDS = ("dataset_version", "preprocessing_hash", "hparams")

@@ -3,7 +3,8 @@
 Endpoint and credentials come from the environment (on Kubernetes, from a Secret), never from
 pipeline parameters: S3_ENDPOINT_URL (or AWS_ENDPOINT_URL, e.g. http://minio:9000),
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally AWS_REGION. Every single-object write
-is atomic: a reader sees the old object, or the whole new one, never a part.
+is atomic: a reader sees the old object, or the whole new one, never a part. Transient failures
+are retried (see RETRIES); errors a person must fix are not.
 """
 
 from __future__ import annotations
@@ -43,17 +44,35 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+# Transient S3 failures (no connection, 429 SlowDown, 5xx) are retried with exponential backoff
+# (0.5 s, 1 s, 2 s, ...); a 4xx (bad credentials, no such key) is an answer, never retried.
+RETRIES = 5
+RETRY_BACKOFF_SECONDS = 0.5
+RETRY_STATUS = (429, 500, 502, 503, 504)
+
+
 @functools.lru_cache(maxsize=4)
 def _client(endpoint_url: str, access_key: str | None, secret_key: str | None, region: str | None):
+    import certifi
+    import urllib3
     from minio import Minio
 
     parsed = urlparse(endpoint_url if "://" in endpoint_url else f"http://{endpoint_url}")
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=30, read=300),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=RETRIES, backoff_factor=RETRY_BACKOFF_SECONDS,
+                              status_forcelist=RETRY_STATUS, raise_on_status=False),
+    )
     return Minio(
         parsed.netloc,
         access_key=access_key,
         secret_key=secret_key,
         region=region,
         secure=parsed.scheme == "https",
+        http_client=http,
     )
 
 

@@ -68,6 +68,12 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--output", type=optional_str, default=None, metavar="DIR",
                         help="write deploy.json (and model_config.pbtxt, deployment.json or "
                              "inferenceservice.json) here (the KFP `deployment` artifact)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print, as YAML, the next deployment record and what would be "
+                             "created or patched (kserve), and change nothing")
+    parser.add_argument("--record", type=optional_str, default=None, metavar="FILE",
+                        help="--dry-run: start from this deployment record (a deployment.json) "
+                             "instead of reading the current state; kserve then needs no cluster")
     add_executor_input(parser)
     return parser
 
@@ -81,8 +87,33 @@ def _pod_namespace() -> str:
         return "default"
 
 
+def _print_dry_run(args, target) -> int:
+    """The plan as YAML documents on stdout: the next record, then each request in order."""
+    import yaml
+
+    from components.common import documents
+    from components.deploy.deploy import dry_run
+
+    if not args.pushed or args.version == 0:
+        print("# not pushed: nothing would be deployed")
+        return 0
+    record = documents.read_json(args.record, "deployment record") if args.record else None
+    plan = dry_run(args.registry, args.model_name, args.version, args.strategy,
+                   canary_percent=args.canary_percent, target=args.target,
+                   kserve_target=target, record=record)
+    docs = [{"deployment_record": plan["record"], "status": plan["status"]}]
+    for action, body in plan["requests"]:
+        docs.append({"action": action, "body": body})
+    if plan.get("model_config"):
+        docs.append({"tf_serving_model_config": plan["model_config"]})
+    print(f"# dry run: {args.strategy} on target {args.target}; nothing was changed")
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from components.common.errors import StepError
     from components.common.kfp_executor import ExecutorIO
     from components.deploy.deploy import deploy
 
@@ -96,6 +127,10 @@ def main(argv=None) -> int:
                         name=args.service_name or args.model_name,
                         storage_uri_prefix=args.storage_uri_prefix or args.registry,
                         service_account=args.service_account)
+    if args.dry_run:
+        return _print_dry_run(args, target)
+    if args.record:
+        raise StepError("--record is only for --dry-run (a deployment reads the current state)")
     result = deploy(args.registry, args.model_name, args.version, args.strategy,
                     canary_percent=args.canary_percent, target=args.target,
                     pushed=args.pushed, output=output, kserve_target=target,

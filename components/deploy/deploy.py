@@ -59,29 +59,82 @@ def deploy(registry_uri: str, model_name: str, version: int | None, strategy: st
         log.info("version %s of %s was not pushed; nothing to deploy", version, model_name)
         _write_output(output, result)
         return result
-    known = [e["version"] for e in registry.read_index(registry_uri, model_name)["versions"]]
-    if strategy != "rollback" and version not in known:
-        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: version {version} is "
-                        f"not in the registry index (versions: {known or 'none'}); only pushed "
-                        "versions can be deployed")
+    entries = index_entries(registry_uri, model_name, version, strategy)
     if target == "local":
         old, new, applied = _deploy_local(registry_uri, model_name, version, strategy,
-                                          canary_percent, known, output)
+                                          canary_percent, sorted(entries), output)
     else:
         old, new, applied = _deploy_kserve(registry_uri, model_name, version, strategy,
-                                           canary_percent, known, kserve_target, kserve_api,
+                                           canary_percent, entries, kserve_target, kserve_api,
                                            timeout_seconds, poll_seconds, output)
     result = {
-        **result, **applied,
+        **result, **applied, **outcome(strategy, version, old, new),
         "deployed": True,
+    }
+    _write_output(output, result)
+    return result
+
+
+def index_entries(registry_uri: str, model_name: str, version: int | None,
+                  strategy: str) -> dict[int, dict]:
+    """The registry's versions (index entries by number); canary and promote need `version`
+    among them."""
+    entries = {e["version"]: e
+               for e in registry.read_index(registry_uri, model_name)["versions"]}
+    if strategy != "rollback" and version not in entries:
+        raise StepError(f"{registry.model_uri(registry_uri, model_name)}: version {version} is "
+                        f"not in the registry index (versions: {sorted(entries) or 'none'}); "
+                        "only pushed versions can be deployed")
+    return entries
+
+
+def outcome(strategy: str, version: int | None, old: dict, new: dict) -> dict:
+    """The fields of the result that follow from the records, for both targets."""
+    return {
         "status": STATUS_DEPLOYED if new["revision"] != old["revision"] else STATUS_UNCHANGED,
         "revision": new["revision"],
         "version": deployment.stable_version(new) if strategy == "rollback" else version,
         "versions": new["versions"],
         "traffic": new["traffic"],
     }
-    _write_output(output, result)
-    return result
+
+
+def dry_run(registry_uri: str, model_name: str, version: int | None, strategy: str, *,
+            canary_percent: int = 10, target: str = "local", kserve_target=None,
+            kserve_api=None, record: dict | None = None) -> dict:
+    """What `deploy` would do, changing nothing: the next record and, for kserve, the object it
+    would create or the merge patches it would apply, in order.
+
+    kserve starts from `record` (a deployment record, e.g. a copy of deployment.json) when
+    given, without contacting a cluster; otherwise it reads the InferenceService (get only).
+    """
+    _check_request(strategy, target, version, canary_percent)
+    registry.check_model_name(model_name)
+    entries = index_entries(registry_uri, model_name, version, strategy)
+    if target == "local":
+        old = record if record is not None else deployment.load(registry_uri, model_name)
+        new = deployment.apply_strategy(old, strategy, version, canary_percent,
+                                        known_versions=sorted(entries))
+        config = (deployment.tf_serving_model_config(
+            new, model_name, registry.model_uri(registry_uri, model_name))
+            if new["versions"] else None)
+        return {**outcome(strategy, version, old, new), "record": new,
+                "model_config": config, "requests": []}
+    from components.deploy import kserve
+
+    if kserve_target is None:
+        raise StepError("target kserve needs a namespace and a service name")
+    if record is not None:
+        current = kserve.current_from_record(kserve_target, model_name, record, entries)
+    else:
+        api = kserve_api or kserve.KServeApi()
+        current = api.get(kserve_target.namespace, kserve_target.name)
+    rollout = kserve.plan(current, kserve_target, model_name, strategy, version,
+                          canary_percent, entries)
+    requests = ([("create", rollout.create)] if rollout.create is not None else []) + [
+        ("patch", body) for body in rollout.patches]
+    return {**outcome(strategy, version, rollout.old, rollout.new), "record": rollout.new,
+            "requests": requests}
 
 
 def _deploy_local(registry_uri: str, model_name: str, version: int | None, strategy: str,
@@ -107,25 +160,25 @@ def _deploy_local(registry_uri: str, model_name: str, version: int | None, strat
 
 
 def _deploy_kserve(registry_uri: str, model_name: str, version: int | None, strategy: str,
-                   canary_percent: int, known: list[int], target, api, timeout_seconds: float,
-                   poll_seconds: float, output: str | None):
+                   canary_percent: int, entries: dict[int, dict], target, api,
+                   timeout_seconds: float, poll_seconds: float, output: str | None):
     """The record in an annotation of the InferenceService, applied to its predictor."""
     from components.deploy import kserve
 
     if target is None:
         raise StepError("target kserve needs a namespace and a service name")
     api = api or kserve.KServeApi()
-    outcome = kserve.deploy(api, target, model_name, strategy, version, canary_percent,
-                            registry_uri=registry_uri, known_versions=known,
-                            timeout_seconds=timeout_seconds, poll_seconds=poll_seconds)
+    done = kserve.deploy(api, target, model_name, strategy, version, canary_percent,
+                         entries=entries, registry_uri=registry_uri,
+                         timeout_seconds=timeout_seconds, poll_seconds=poll_seconds)
     if output:
-        documents.write_json(storage.join(output, MANIFEST_FILE), outcome["inference_service"])
-    return outcome["old"], outcome["record"], {
-        "storage_uri": outcome["storage_uri"],
-        "canary_traffic_percent": outcome["canary_traffic_percent"],
-        "generation": outcome["generation"],
+        documents.write_json(storage.join(output, MANIFEST_FILE), done["inference_service"])
+    return done["old"], done["record"], {
+        "storage_uri": done["storage_uri"],
+        "canary_traffic_percent": done["canary_traffic_percent"],
+        "generation": done["generation"],
         "inference_service": f"{target.namespace}/{target.name}",
-        "url": outcome["url"],
+        "url": done["url"],
     }
 
 

@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from components.common import registry, storage
+from components.common import kube, registry, storage
 from components.common.artifacts import deployment
 from components.common.artifacts import model as model_artifact
 from components.common.errors import StepError
@@ -50,68 +50,69 @@ PLURAL = "inferenceservices"
 KIND = "InferenceService"
 SERVING_DIR = "serving"
 A_RECORD = "cfpb-pipeline.deploy/record"  # the deployment record, JSON
+# The TF Serving release (KServe's `runtimeVersion`, the tensorflow/serving image tag) that
+# loads a SavedModel exported by each TensorFlow major.minor. Without it KServe's TensorFlow
+# runtime is TF Serving 2.6, which cannot load TF 2.16 exports (ops such as DisableCopyOnRead).
+TF_SERVING_FOR_TENSORFLOW = {"2.16": "2.16.1"}
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def _api_error(exc: Exception, what: str) -> StepError:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None) or type(exc).__name__
-    body = getattr(exc, "body", None)
-    detail = f": {body}" if body else ""
-    return StepError(f"{what}: Kubernetes API error {status or ''} {reason}{detail}")
-
-
 class KServeApi:
-    """The InferenceService calls the step makes (tests point `api_client` at a fake server)."""
+    """The InferenceService calls the step makes, retried on transient failures
+    (`common.kube`); tests point `api_client` at a fake server."""
 
     def __init__(self, api_client=None):
         from kubernetes import client
 
-        self._client = client.CustomObjectsApi(api_client or load_api_client())
+        self._client = client.CustomObjectsApi(api_client or kube.load_api_client())
 
     def get(self, namespace: str, name: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            return self._client.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                             name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _api_error(exc, f"get {KIND} {namespace}/{name}") from exc
-        except Exception as exc:  # urllib3 connection errors
-            raise _api_error(exc, f"get {KIND} {namespace}/{name}") from exc
+        def call():
+            try:
+                return self._client.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                 PLURAL, name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        return kube.with_retries(f"get {KIND} {namespace}/{name}", call)
 
     def create(self, namespace: str, body: dict) -> dict:
+        """Create; a retry that finds the object already there (an earlier attempt that
+        succeeded unseen) returns it."""
+        from kubernetes.client.exceptions import ApiException
+
         name = body["metadata"]["name"]
-        try:
-            return self._client.create_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                                PLURAL, body)
-        except Exception as exc:
-            raise _api_error(exc, f"create {KIND} {namespace}/{name}") from exc
+        attempts = []
+
+        def call():
+            attempts.append(1)
+            try:
+                return self._client.create_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                    PLURAL, body)
+            except ApiException as exc:
+                if exc.status == 409 and len(attempts) > 1:
+                    found = self.get(namespace, name)
+                    if found is not None and kube_annotations(found) == kube_annotations(body):
+                        return found
+                raise
+
+        return kube.with_retries(f"create {KIND} {namespace}/{name}", call)
 
     def patch(self, namespace: str, name: str, body: dict) -> dict:
-        """A JSON merge patch (RFC 7386: a None value removes the field)."""
-        try:
-            return self._client.patch_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                               PLURAL, name, body)
-        except Exception as exc:
-            raise _api_error(exc, f"patch {KIND} {namespace}/{name}") from exc
+        """A JSON merge patch (RFC 7386: a None value removes the field); idempotent, so
+        retrying is safe."""
+        return kube.with_retries(
+            f"patch {KIND} {namespace}/{name}",
+            lambda: self._client.patch_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                PLURAL, name, body))
 
 
-def load_api_client():
-    """In-cluster config (the pod's ServiceAccount), else the local kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise StepError(f"no Kubernetes configuration: not in a cluster and no kubeconfig "
-                            f"({exc})") from exc
-    return client.ApiClient()
+def kube_annotations(obj: dict) -> dict:
+    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,15 +157,35 @@ def record_of(obj: dict | None, model_name: str) -> dict:
     return record
 
 
-def predictor_for(target: Target, model_name: str, record: dict) -> dict:
+def runtime_version(model_name: str, version: int, entry: dict | None) -> str:
+    """The TF Serving release for a registry version, from the TensorFlow that exported it
+    (`tensorflow_version` in its lineage); StepError when no known release can serve it."""
+    exported = (entry or {}).get("tensorflow_version")
+    if not exported:
+        raise StepError(f"{model_name} version {version}: its lineage does not say which "
+                        "TensorFlow exported it (pushed before tensorflow_version was recorded),"
+                        " so no TF Serving runtime is known to load it; train and push it again")
+    runtime = TF_SERVING_FOR_TENSORFLOW.get(".".join(str(exported).split(".")[:2]))
+    if runtime is None:
+        known = ", ".join(f"TensorFlow {k}.x -> TF Serving {v}"
+                          for k, v in TF_SERVING_FOR_TENSORFLOW.items())
+        raise StepError(f"{model_name} version {version} was exported by TensorFlow {exported}; "
+                        f"no known TF Serving runtime loads it ({known})")
+    return runtime
+
+
+def predictor_for(target: Target, model_name: str, record: dict,
+                  runtimes: dict[int, str]) -> dict:
     """The predictor spec of a record (see the module docstring); `canaryTrafficPercent` None
-    means removed (100% to the storageUri) in a merge patch."""
+    means removed (100% to the storageUri) in a merge patch. `runtimes`: version -> TF Serving
+    release (`runtime_version`)."""
     stable = deployment.stable_version(record)
     canary = deployment.canary_version(record)
     if stable is None:
         raise StepError(f"{model_name}: nothing is deployed in the record; no predictor to apply")
     serving = canary if canary is not None else stable
     predictor: dict = {"model": {"modelFormat": {"name": "tensorflow"},
+                                 "runtimeVersion": runtimes[serving],
                                  "storageUri": storage_uri(target.storage_uri_prefix, model_name,
                                                            serving)},
                        "canaryTrafficPercent": record["traffic"][str(canary)]
@@ -180,9 +201,9 @@ def _metadata(target: Target, model_name: str, record: dict) -> dict:
             "annotations": {A_RECORD: json.dumps(record, sort_keys=True)}}
 
 
-def manifest(target: Target, model_name: str, record: dict) -> dict:
+def manifest(target: Target, model_name: str, record: dict, runtimes: dict[int, str]) -> dict:
     """The InferenceService to create for a record."""
-    predictor = {k: v for k, v in predictor_for(target, model_name, record).items()
+    predictor = {k: v for k, v in predictor_for(target, model_name, record, runtimes).items()
                  if v is not None}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -193,7 +214,8 @@ def manifest(target: Target, model_name: str, record: dict) -> dict:
     }
 
 
-def patches(target: Target, model_name: str, old: dict, new: dict) -> list[dict]:
+def patches(target: Target, model_name: str, old: dict, new: dict,
+            runtimes: dict[int, str]) -> list[dict]:
     """The merge patches from the InferenceService of record `old` to that of `new`, in order.
 
     One patch, unless the stable version changes while a canary stays: KServe splits a canary
@@ -205,14 +227,10 @@ def patches(target: Target, model_name: str, old: dict, new: dict) -> list[dict]
             and deployment.stable_version(old) not in (None, stable)):
         alone = {**new, "versions": {str(stable): {"labels": [deployment.STABLE]}},
                  "traffic": {str(stable): 100}}
-        out.append({"spec": {"predictor": predictor_for(target, model_name, alone)}})
+        out.append({"spec": {"predictor": predictor_for(target, model_name, alone, runtimes)}})
     out.append({"metadata": _metadata(target, model_name, new),
-                "spec": {"predictor": predictor_for(target, model_name, new)}})
+                "spec": {"predictor": predictor_for(target, model_name, new, runtimes)}})
     return out
-
-
-def _annotations(obj: dict | None) -> dict:
-    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,51 +302,83 @@ def _describe(condition: dict | None) -> str:
     return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """What a strategy does to an InferenceService: the records before and after, and the
+    create body or the merge patches (in order) that take it there."""
+
+    old: dict
+    new: dict
+    create: dict | None = None
+    patches: tuple[dict, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return self.new["revision"] != self.old["revision"]
+
+
+def plan(current: dict | None, target: Target, model_name: str, strategy: str,
+         version: int | None, canary_percent: int, entries: dict[int, dict]) -> Rollout:
+    """The rollout from the InferenceService `current` (None: none yet) for a strategy (pure).
+
+    `entries`: the registry index entries by version (what may be deployed, and the TensorFlow
+    that exported each, for its TF Serving runtime).
+    """
+    if not DNS_LABEL.match(target.name):
+        raise StepError(f"service name {target.name!r}: an InferenceService name is a DNS label "
+                        "(lowercase letters, digits and '-', starting with a letter); give "
+                        "--service-name")
+    if current is None and strategy == "rollback":
+        raise StepError(f"{KIND} {target.namespace}/{target.name} does not exist; nothing to "
+                        "roll back")
+    old = record_of(current, model_name)
+    new = deployment.apply_strategy(old, strategy, version, canary_percent,
+                                    known_versions=sorted(entries))
+    if new["revision"] == old["revision"]:
+        return Rollout(old, new)
+    runtimes = {v: runtime_version(model_name, v, entries.get(v))
+                for v in deployment.deployed_versions(new)}
+    if current is None:
+        return Rollout(old, new, create=manifest(target, model_name, new, runtimes))
+    return Rollout(old, new, patches=tuple(patches(target, model_name, old, new, runtimes)))
+
+
 def deploy(api: KServeApi, target: Target, model_name: str, strategy: str,
-           version: int | None, canary_percent: int = 10, *, registry_uri: str | None = None,
-           known_versions: list[int] | None = None, timeout_seconds: float = 300,
+           version: int | None, canary_percent: int = 10, *, entries: dict[int, dict],
+           registry_uri: str | None = None, timeout_seconds: float = 300,
            poll_seconds: float = 1.0) -> dict:
     """Apply the strategy to the record on the InferenceService, roll it out, wait for Ready.
 
     With `registry_uri`, the serving view of every deployed version is made first.
     Returns the old and new record, the requests sent and the Ready object.
     """
-    if not DNS_LABEL.match(target.name):
-        raise StepError(f"service name {target.name!r}: an InferenceService name is a DNS label "
-                        "(lowercase letters, digits and '-', starting with a letter); give "
-                        "--service-name")
     where = f"{KIND} {target.namespace}/{target.name}"
-    current = api.get(target.namespace, target.name)
-    if current is None and strategy == "rollback":
-        raise StepError(f"{where} does not exist; nothing to roll back")
-    old = record_of(current, model_name)
-    new = deployment.apply_strategy(old, strategy, version, canary_percent,
-                                    known_versions=known_versions)
+    rollout = plan(api.get(target.namespace, target.name), target, model_name, strategy,
+                   version, canary_percent, entries)
     requests = []
-    if new["revision"] == old["revision"]:
+    if not rollout.changed:
         log.info("%s is already in the requested state (record revision %d); unchanged", where,
-                 new["revision"])
+                 rollout.new["revision"])
     else:
         if registry_uri is not None:
-            for deployed in deployment.deployed_versions(new):
+            for deployed in deployment.deployed_versions(rollout.new):
                 ensure_serving_copy(registry_uri, model_name, deployed,
                                     target.storage_uri_prefix)
-        if current is None:
-            requests.append(("create", manifest(target, model_name, new)))
-            api.create(target.namespace, requests[-1][1])
-        else:
-            for body in patches(target, model_name, old, new):
-                if requests:  # an earlier phase must be rolled out before the next one
-                    wait_ready(api, target.namespace, target.name, timeout_seconds, poll_seconds)
-                requests.append(("patch", body))
-                api.patch(target.namespace, target.name, body)
+        if rollout.create is not None:
+            requests.append(("create", rollout.create))
+            api.create(target.namespace, rollout.create)
+        for body in rollout.patches:
+            if requests:  # an earlier phase must be rolled out before the next one
+                wait_ready(api, target.namespace, target.name, timeout_seconds, poll_seconds)
+            requests.append(("patch", body))
+            api.patch(target.namespace, target.name, body)
         log.info("%s: record revision %d (%s), traffic %s; waiting up to %ss for Ready", where,
-                 new["revision"], strategy, new["traffic"], timeout_seconds)
+                 rollout.new["revision"], strategy, rollout.new["traffic"], timeout_seconds)
     ready = wait_ready(api, target.namespace, target.name, timeout_seconds, poll_seconds)
     predictor = (ready.get("spec") or {}).get("predictor") or {}
     return {
-        "old": old,
-        "record": new,
+        "old": rollout.old,
+        "record": rollout.new,
         "requests": requests,
         "inference_service": ready,
         "storage_uri": (predictor.get("model") or {}).get("storageUri"),
@@ -336,3 +386,15 @@ def deploy(api: KServeApi, target: Target, model_name: str, strategy: str,
         "generation": int((ready.get("metadata") or {}).get("generation") or 0),
         "url": (ready.get("status") or {}).get("url"),
     }
+
+
+def current_from_record(target: Target, model_name: str, record: dict,
+                        entries: dict[int, dict]) -> dict | None:
+    """The InferenceService a record stands for (None when nothing is deployed): how a dry run
+    starts from a deployment record alone, without a cluster."""
+    deployment.validate(record)
+    if not record["versions"]:
+        return None
+    runtimes = {v: runtime_version(model_name, v, entries.get(v))
+                for v in deployment.deployed_versions(record)}
+    return manifest(target, model_name, record, runtimes)

@@ -59,6 +59,7 @@ def push(model_dir: str, evaluation_dir: str, registry_uri: str, model_name: str
         "dataset_version": training.get("dataset_version"),
         "preprocessing_hash": training.get("preprocessing_hash"),
         "hparams": training.get("hparams") or {},
+        "tensorflow_version": training.get("tensorflow_version"),
         "metrics": {
             "evaluation": evaluation.overall_scalars(evaluation_dir),
             "training": evaluation.scalar_metrics(training.get("metrics")),

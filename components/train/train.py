@@ -109,6 +109,12 @@ def export_serving_model(model, preprocessing, config: DatasetConfig, path: str)
     }
 
 
+def tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
+
+
 def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
           hparams: dict) -> dict:
     import keras
@@ -173,6 +179,8 @@ def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
             "class_weights": weights,
             "rows": {"train": metadata["rows"]["train"], "eval": metadata["rows"]["eval"]},
             "architecture": "wide_and_deep",
+            # which TensorFlow exported the SavedModel: what a server must be able to load
+            "tensorflow_version": tf_version(),
             "code_version": code_version(),
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),

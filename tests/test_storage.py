@@ -1,0 +1,116 @@
+"""The storage module against a flaky S3 endpoint: transient failures are retried, answers a
+person must act on are not.
+
+A small proxy on 127.0.0.1 answers the next requests with injected statuses, then forwards to
+moto's server (the real S3 protocol over HTTP).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+
+from components.common import storage
+from components.common.errors import StepError
+
+
+class FlakyProxy:
+    """Forwards every request to `upstream` unless `failures` holds a status for it."""
+
+    def __init__(self, upstream: str):
+        self.failures: list[int] = []
+        self.seen: list[tuple[str, int]] = []  # (method, status answered)
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                status = proxy.failures.pop(0) if proxy.failures else 0
+                if status:
+                    proxy.seen.append((self.command, status))
+                    data = (f"<Error><Code>Injected{status}</Code><Message>injected</Message>"
+                            "</Error>").encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port,
+                                                           timeout=30)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding")}
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                response = upstream_conn.getresponse()
+                data = response.read()
+                proxy.seen.append((self.command, response.status))
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream_conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def flaky(s3_server, s3_env, monkeypatch):
+    proxy = FlakyProxy(s3_server)
+    monkeypatch.setenv("S3_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_SECONDS", 0.01)
+    storage._client.cache_clear()
+    yield proxy
+    proxy.close()
+    storage._client.cache_clear()
+
+
+def test_transient_failures_are_retried(flaky, s3_bucket):
+    uri = f"s3://{s3_bucket}/data/one.json"
+    flaky.seen.clear()
+    flaky.failures = [503, 500]
+    storage.write_bytes(uri, b'{"a": 1}')
+    assert [status for _m, status in flaky.seen][:2] == [503, 500]
+    flaky.seen.clear()
+    flaky.failures = [429, 502]  # SlowDown, then a gateway error
+    assert storage.read_bytes(uri) == b'{"a": 1}'
+    assert [status for _m, status in flaky.seen] == [429, 502, 200]
+
+
+def test_errors_a_person_must_fix_are_not_retried(flaky, s3_bucket):
+    flaky.seen.clear()
+    flaky.failures = [403]
+    with pytest.raises(StepError, match=r"s3://.*/data/x: S3 error Injected403"):
+        storage.read_bytes(f"s3://{s3_bucket}/data/x")
+    assert [status for _m, status in flaky.seen] == [403]
+
+
+def test_a_failure_that_does_not_pass_gives_up_with_one_line(flaky, s3_bucket):
+    flaky.seen.clear()
+    flaky.failures = [503] * (storage.RETRIES + 1)
+    with pytest.raises(StepError, match="S3 error Injected503") as info:
+        storage.read_bytes(f"s3://{s3_bucket}/data/x")
+    assert "\n" not in str(info.value)
+    assert len(flaky.seen) == storage.RETRIES + 1
