@@ -1,17 +1,20 @@
 """Size of each step image, against the goals: TensorFlow images under 2.5 GB, others under 400 MB.
 
     python3 bench/bench_images.py [--registry local] [--tag <version>-<git sha>]
-        [--project cfpb-pipeline] [--out bench/out/bench_images.json] [--no-run] [STEP ...]
+        [--out bench/out/bench_images.json] [--no-run] [STEP ...]
 
 `make image-sizes` runs it for the images `make build-images` just built (same REGISTRY, TAG).
-Standard library only; talks to the Docker daemon through its API socket (DOCKER_HOST, default
-/var/run/docker.sock) and runs each image with the `docker` CLI. Per image:
+The images, their names and the default tag come from components/common/build_facts.py (no
+STEP: every image there, services such as serve included). Standard library only; talks to the
+Docker daemon through its API socket (DOCKER_HOST, default /var/run/docker.sock) and runs each
+image with the `docker` CLI. Per image:
 
 - size: what `docker images` shows, uncompressed, MB = 10^6 bytes (a registry stores layers
   compressed, roughly a third of this);
 - shared / unique: bytes in layers the image shares with any other local image (the base
   layers; transform, train and evaluate share one venv layer) and bytes only it has;
-- tensorflow: whether `tensorflow` is importable in the image (decides its goal);
+- tensorflow: whether `tensorflow` is importable in the image (decides its goal); with
+  --no-run, whether the image's pyproject extra requires it and the image does not prune it;
 - help_s: wall time of `docker run --rm <image> python -m components.<step> --help`, container
   start included (unless --no-run); import_tf_s: the same for `python -c "import tensorflow"`
   in the TensorFlow images, the start-up cost of those steps.
@@ -32,21 +35,28 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
+import tomllib
 
-REPO = Path(__file__).resolve().parent.parent
-STEPS = ("ingest", "validate", "transform", "train", "evaluate", "push")
+from benchlib import OUT, build_facts, write_json
+
 GOAL_TF_MB = 2500
 GOAL_OTHER_MB = 400
 MB = 1_000_000
 
 
-def default_tag() -> str:
-    """The Makefile's default TAG, as pipeline.py computes it (one definition)."""
-    sys.path.insert(0, str(REPO))
-    import pipeline
-
-    return pipeline.default_image_tag()
+def requires_tensorflow(step: str) -> bool:
+    """Whether the image of `step` should carry TensorFlow, from the build facts: its
+    pyproject extra lists `tensorflow` and the image does not prune it. False for an image
+    build_facts does not know."""
+    try:
+        spec = build_facts.image(step)
+    except KeyError:
+        return False
+    pyproject = tomllib.loads((build_facts.ROOT / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"].get(spec.extra, [])
+    names = {re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0].lower()
+             for requirement in extra}
+    return "tensorflow" in names and "tensorflow" not in spec.prune
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -118,8 +128,8 @@ def measure(images: dict[str, str], run: bool) -> list[dict]:
             if row["tensorflow"]:
                 code, out, seconds = docker_run(image, "python", "-c", "import tensorflow")
                 row["import_tf_s"] = round(seconds, 2) if code == 0 else None
-        else:  # the step's known needs (images/README.md)
-            row["tensorflow"] = step in ("validate", "transform", "train", "evaluate")
+        else:  # what the image is built to hold
+            row["tensorflow"] = requires_tensorflow(step)
         row["goal_mb"] = GOAL_TF_MB if row["tensorflow"] else GOAL_OTHER_MB
         row["within_goal"] = row["size_mb"] < row["goal_mb"]
         rows.append(row)
@@ -145,19 +155,19 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("steps", nargs="*", default=list(STEPS), metavar="STEP")
-    parser.add_argument("--project", default="cfpb-pipeline")
-    parser.add_argument("--registry", default="local")
+    parser.add_argument("steps", nargs="*", default=[i.name for i in build_facts.IMAGES],
+                        metavar="STEP", help="default: every image in build_facts.IMAGES")
+    parser.add_argument("--registry", default=build_facts.DEFAULT_REGISTRY)
     parser.add_argument("--tag", default=None, help="default: <version>-<git short sha>")
-    parser.add_argument("--out", default=str(REPO / "bench" / "out" / "bench_images.json"))
+    parser.add_argument("--out", default=str(OUT / "bench_images.json"))
     parser.add_argument("--no-run", action="store_true",
                         help="do not start containers (no TensorFlow probe, no --help timing)")
     args = parser.parse_args(argv)
-    tag = args.tag or default_tag()
+    tag = args.tag or build_facts.image_tag()
     for step in args.steps:
         if not re.fullmatch(r"[a-z0-9-]+", step):
             parser.error(f"bad step name {step!r}")
-    images = {s: f"{args.registry}/{args.project}-{s}:{tag}" for s in args.steps}
+    images = {s: build_facts.image_name(s, args.registry, tag) for s in args.steps}
     rows = measure(images, run=not args.no_run)
     print(markdown(rows))
     result = {
@@ -166,10 +176,7 @@ def main(argv=None) -> int:
         "goals_mb": {"tensorflow": GOAL_TF_MB, "other": GOAL_OTHER_MB},
         "images": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten: {out}")
+    print(f"\nwritten: {write_json(args.out, result)}")
     missing = [r["image"] for r in rows if r.get("missing")]
     if missing:
         print(f"error: bench_images: not built: {', '.join(missing)} (make build-images)",

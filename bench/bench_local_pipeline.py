@@ -2,9 +2,11 @@
 
     .venv-sdk/bin/python bench/bench_local_pipeline.py [--rows 20000 200000] [--workdir bench/out]
 
-Needs the step images (`make build-images`). For each row count it generates complaints with
-datagen, runs `pipeline.py --run local` in a fresh work directory (so every run is a
-first run: no baseline data version, no registry version), and reads the run's summary.json.
+Needs the step images (`make build-images`; the tag defaults to build_facts.image_tag()). For
+each row count it generates complaints with datagen (once, reused while the name matches:
+`<workdir>/complaints-<rows>-seed<seed>.csv`), runs `pipeline.py --run local` in a fresh work
+directory (so every run is a first run: no baseline data version, no registry version), and
+reads the run's summary.json.
 Prints a Markdown table of per-step seconds and the growth factor between row counts, and
 writes `<workdir>/bench_local_pipeline.json`. Judges nothing.
 """
@@ -19,19 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import OUT, PYTHON, REPO, build_facts, ensure_data, write_json
 
 
 def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) -> dict:
-    data = workdir / f"complaints-{rows}-seed{seed}.csv"
-    if not data.exists():
-        subprocess.run([sys.executable, "-m", "datagen", "--rows", str(rows),
-                        "--seed", str(seed), "--out", str(data)], cwd=REPO, check=True)
+    data, _ = ensure_data(workdir, rows, seed)
     runs = workdir / f"local-{rows}"
     shutil.rmtree(runs, ignore_errors=True)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "--run", "local",
-                             "--workdir", str(runs), "--source", str(data), "--hparams", hparams,
+    result = subprocess.run([PYTHON, str(REPO / "pipeline.py"), "--run", "local",
+                             "--workdir", str(runs), "--source", data, "--hparams", hparams,
                              "--image-tag", image_tag],
                             cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -49,14 +48,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--hparams", default="{}")
-    parser.add_argument("--workdir", default=str(REPO / "bench" / "out"))
+    parser.add_argument("--workdir", default=str(OUT))
     parser.add_argument("--image-tag", default=None,
-                        help="tag of the step images (default: make build-images' default)")
+                        help="tag of the step images (default: make build-images' default, "
+                             "build_facts.image_tag())")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    import pipeline
-
-    image_tag = args.image_tag or pipeline.default_image_tag()  # fixed for the whole bench
+    image_tag = args.image_tag or build_facts.image_tag()  # fixed for the whole bench
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     results = [run_once(rows, workdir, args.seed, args.hparams, image_tag) for rows in args.rows]
@@ -73,9 +70,7 @@ def main(argv=None) -> int:
                   (" | " if len(values) > 1 else ""))
         print(f"| {name} | {cells}{growth} |")
     print("AUC: " + ", ".join(f"{r['rows']:,} rows {r['auc']:.4f}" for r in results))
-    out = workdir / "bench_local_pipeline.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_json(workdir / 'bench_local_pipeline.json', results)}")
     return 0
 
 

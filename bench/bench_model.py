@@ -5,7 +5,7 @@
         [--real-hparams JSON] [--try-hparams JSON ...] [--no-real] [--keep]
 
 Prints figures, judges nothing. Each step runs as its own child process (its real CLI, as the
-pipeline runs it), measured with bench_ingest_validate's `measure` (wall time; peak RSS of the
+pipeline runs it), measured with benchlib's `measure` (wall time; peak RSS of the
 largest process, kernel-accounted; peak PSS of the process tree, sampled):
 
   1. synthetic data (`--rows`, seed `--seed`, generated once and reused): ingest, transform,
@@ -40,28 +40,34 @@ import shutil
 import statistics
 import sys
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH)
-sys.path.insert(1, os.path.dirname(BENCH))  # the repository, for `components`
-from bench_ingest_validate import (  # noqa: E402  (needs the sys.path entry above)
+from benchlib import (
     MIB,
+    OUT,
     PYTHON,
     REPO,
     Run,
-    _check,
+    checked,
+    code_since,
     code_version,
     ensure_data,
     figure,
     machine,
     markdown,
     measure,
+    write_json,
 )
+
+# importable once benchlib has put the repository on sys.path
+from components.common import documents
+from components.common.artifacts import evaluation
+from components.common.artifacts import examples as examples_artifact
+from components.common.artifacts import model as model_artifact
 
 CATEGORICAL = ("product", "sub_product", "issue", "company_response", "state")
 ZIP_FEATURE = "zip_code"
 TEXT_FEATURE = "narrative"
 TFIDF = {"max_features": 20000, "ngram_range": (1, 2), "min_df": 2}
-STEPS = ("ingest", "transform", "train", "evaluate")
+STEPS = ("ingest", "transform", "train", "evaluate")  # the chain measured, in pipeline order
 EPOCH_LINE = re.compile(r"epoch (\d+): (\d+) examples in ([\d.]+) s \(\d+ examples/s\) (.*)$")
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -101,10 +107,10 @@ def our_predictions(examples: str, model_dir: str):
 
     from components.common.artifacts.examples import split_files
 
-    predict = tf.saved_model.load(os.path.join(model_dir, "model")).signatures[
-        "serving_tf_example"]
+    predict = tf.saved_model.load(model_artifact.saved_model_dir(model_dir)).signatures[
+        model_artifact.EXAMPLE_SIGNATURE]
     records = tf.data.TFRecordDataset(split_files(examples, "eval"), compression_type="GZIP")
-    return np.concatenate([predict(examples=batch)["probability"].numpy()
+    return np.concatenate([predict(examples=batch)[model_artifact.OUTPUT].numpy()
                            for batch in records.batch(1024)])
 
 
@@ -181,8 +187,7 @@ def baseline(examples: str, out: str, config_ref: str | None = None,
             raise SystemExit(f"our model scored {ours.size} eval rows, the baseline {len(y_eval)}")
         result["our_auc_recomputed"] = float(roc_auc_score(y_eval, ours))
         result["paired"] = paired_bootstrap(y_eval, ours, scores)
-    with open(out, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(out, result)
     print(json.dumps(result))
     return 0
 
@@ -196,7 +201,7 @@ def step(label: str, module: str, args: list[str], logs: str, config: str | None
         args = [*args, "--dataset-config", config]
     run = measure(label, [PYTHON, "-m", module, *args], os.path.join(logs, f"{name}.log"),
                   env=QUIET)
-    return _check(run) if check else run
+    return checked(run) if check else run
 
 
 def last_error(run: Run) -> str:
@@ -228,11 +233,6 @@ def no_text_config(path: str) -> str:
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(raw, handle, sort_keys=False)
     return path
-
-
-def load(path: str) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def epochs_from_log(log_path: str) -> list[dict]:
@@ -270,8 +270,8 @@ def train_and_evaluate(tag: str, examples: str, transform: str, run_dir: str, lo
                     ["--model", model_dir, "--examples", examples, "--output", evaluation_dir],
                     logs, config)
     print(f"  {tag} evaluate: {evaluate.seconds:.1f} s", flush=True)
-    info = load(os.path.join(model_dir, "training.json"))
-    metrics = load(os.path.join(evaluation_dir, "metrics.json"))
+    info = model_artifact.read_training(model_dir)
+    metrics = evaluation.read_metrics(evaluation_dir)
     return {"train": train, "evaluate": evaluate, "training": info, "metrics": metrics,
             "epochs": epochs_from_log(train.log), "hparams": hparams, "config": config}
 
@@ -291,15 +291,15 @@ def chain(tag: str, source: str, run_dir: str, logs: str, hparams: str | None,
     if "failed" in result:
         return result
     result.update(ingest=ingest, transform=transform_run, examples=examples,
-                  transform_dir=transform, split=load(os.path.join(examples, "metadata.json")))
+                  transform_dir=transform, split=examples_artifact.read_metadata(examples))
     out = os.path.join(run_dir, f"baseline-{tag}.json")
     command = [PYTHON, os.path.abspath(__file__), "--baseline", examples, out,
                "--baseline-model", os.path.join(run_dir, f"model-{tag}")]
     if config:
         command += ["--baseline-config", config]
-    result["baseline_run"] = _check(measure(
+    result["baseline_run"] = checked(measure(
         f"{tag} baseline", command, os.path.join(logs, f"{tag}_baseline.log"), env=QUIET))
-    result["baseline"] = load(out)
+    result["baseline"] = documents.read_json(out, "baseline result")
     print(f"  {tag} baseline: {result['baseline_run'].seconds:.1f} s", flush=True)
     return result
 
@@ -315,10 +315,8 @@ def auc_interval(auc: float, positives: int, negatives: int) -> tuple[float, flo
 
 
 def row(name: str, value, unit: str = "", note: str = "", digits: int = 4) -> dict:
-    """A table row: bench_ingest_validate's `figure`, its `goal` column used as our note."""
-    if value is None:
-        return {"figure": name, "value": "n/a", "unit": unit, "goal": note}
-    return figure(name, float(value), unit, note, digits)
+    """A table row: benchlib's `figure` (None: "n/a"), its `goal` column used as our note."""
+    return figure(name, value, unit, note, digits)
 
 
 def epoch_summary(epochs: list[dict]) -> str:
@@ -455,17 +453,12 @@ def result_json(result: dict | None) -> dict | None:
     }
 
 
-def markdown_table(table: list[dict]) -> str:
-    """bench_ingest_validate's `markdown`, with our third column named for what it holds."""
-    return markdown(table).replace("| figure | value | goal |", "| figure | value | note |", 1)
-
-
 # ---------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows (0: skip)")
     parser.add_argument("--seed", type=int, default=42, help="datagen seed")
-    parser.add_argument("--workdir", default=os.path.join(REPO, "bench", "out"),
+    parser.add_argument("--workdir", default=str(OUT),
                         help="data, step outputs, logs and the JSON result (default bench/out)")
     parser.add_argument("--real-sample",
                         default=os.path.join(REPO, "tests", "data", "cfpb_2013_sample.csv"),
@@ -524,11 +517,9 @@ def main(argv=None) -> int:
         "datagen_seconds": generated, "real_default_config_failure": real_failure,
         "synthetic": result_json(synthetic), "real": result_json(real),
         "tries": [result_json(t) for t in tries],
-        "code": code_before, "machine": machine(load_before),
+        "code": code_since(code_before), "machine": machine(load_before),
         "figures": [{"note" if k == "goal" else k: v for k, v in f.items()} for f in table],
     }
-    if code_version() != code_before:
-        result["code"] = f"changed during the run: {code_before} -> {code_version()}"
     host = result["machine"]
     print()
     print(f"{args.rows:,} synthetic rows (seed {args.seed}) + real sample; {host['cpus']} CPUs, "
@@ -536,13 +527,11 @@ def main(argv=None) -> int:
           f"{host['load_average_1_5_15_before'][0]} before, "
           f"{host['load_average_1_5_15_after'][0]} after (other work slows every time figure)")
     print()
-    print(markdown_table(table))
+    print(markdown(table, third="note"))
     if real:
         print(f"\nNote: the real sample's eval split has {real['metrics']['eval_examples']} rows; "
               "its AUCs are noisy (see the intervals), compare them only roughly.")
-    json_path = os.path.join(workdir, "bench_model.json")
-    with open(json_path, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
+    json_path = write_json(os.path.join(workdir, "bench_model.json"), result)
     print(f"\nJSON: {json_path}; logs: {logs}")
     if not args.keep:
         for name in os.listdir(run_dir):

@@ -49,13 +49,23 @@ import time
 import urllib.error
 import urllib.request
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-sys.path.insert(0, BENCH)
-sys.path.insert(1, REPO)  # the repository, for `components`
-from bench_ingest_validate import code_version, machine  # noqa: E402  (needs sys.path above)
+from benchlib import (
+    OUT,
+    PYTHON,
+    REPO,
+    code_version,
+    ensure_data,
+    figure,
+    machine,
+    markdown,
+    write_json,
+)
 
-PYTHON = sys.executable
+# importable once benchlib has put the repository on sys.path
+from components.common import registry
+from components.common.artifacts import deployment
+from components.common.artifacts import model as model_artifact
+
 HOST = "127.0.0.1"
 NAME = "cfpb"
 FAST = {"epochs": 1, "batch_size": 256, "hidden_units": [8], "embedding_dim": 4}
@@ -93,9 +103,8 @@ def ms(seconds: float) -> float:
 # 1. The registry.
 
 def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
-    """Versions 1 and 2 of NAME under <workdir>/serve-registry; (root, build seconds or None)."""
-    from components.common import registry
-
+    """Versions 1 and 2 of NAME under <workdir>/serve-registry; (root, build seconds or None).
+    The data, `<workdir>/complaints-2000-seed1.csv`, is generated once and reused."""
     root = os.path.join(workdir, "serve-registry")
     if not rebuild and os.path.isdir(root):
         try:
@@ -116,12 +125,7 @@ def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(work)
-    csv_path = os.path.join(work, "f.csv")
-    data = subprocess.run([PYTHON, "-m", "datagen", "--rows", "2000", "--seed", "1",
-                           "--out", csv_path], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    if data.returncode != 0:
-        raise SystemExit(f"datagen failed:\n{data.stderr}")
+    csv_path, _ = ensure_data(workdir, 2000, 1)
     config = load_dataset_config()
     examples, transformed = os.path.join(work, "ex"), os.path.join(work, "tf")
     ingest(csv_path, examples, config)
@@ -132,7 +136,7 @@ def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
         info = train(examples, transformed, model_dir, config,
                      parse_hparams(json.dumps({**FAST, "seed": seed})))
         lineage = {**info, "baseline_version": baseline, "baseline": {"version": baseline}}
-        baseline = registry.publish(root, NAME, os.path.join(model_dir, "model"),
+        baseline = registry.publish(root, NAME, model_artifact.saved_model_dir(model_dir),
                                     lineage).version
     shutil.rmtree(work, ignore_errors=True)
     return root, time.perf_counter() - started
@@ -140,8 +144,6 @@ def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
 
 def write_split(root: str) -> dict:
     """deployment.json at 90/10 (1 stable, 2 canary), through the shared strategies."""
-    from components.common.artifacts import deployment
-
     record = deployment.empty_record(NAME)
     record = deployment.canary(record, 1)          # 1 stable, 100%
     record = deployment.canary(record, 2, 10)      # 2 canary, 10%
@@ -155,20 +157,21 @@ def write_split(root: str) -> dict:
 def floor(root: str, calls: int = 200) -> dict:
     import tensorflow as tf
 
-    fn = tf.saved_model.load(os.path.join(root, NAME, "1")).signatures["serving_default"]
+    fn = tf.saved_model.load(registry.version_uri(root, NAME, 1)).signatures[
+        model_artifact.RAW_SIGNATURE]
     tensors = {f: tf.constant([ROW[f]]) for f in ROW}
     for _ in range(20):
-        fn(**tensors)["probability"].numpy()
+        fn(**tensors)[model_artifact.OUTPUT].numpy()
     prebuilt = []
     for _ in range(calls):
         t = time.perf_counter()
-        fn(**tensors)["probability"].numpy()
+        fn(**tensors)[model_artifact.OUTPUT].numpy()
         prebuilt.append(time.perf_counter() - t)
     from_python = []
     for _ in range(calls):
         t = time.perf_counter()
         built = {f: tf.constant([ROW[f]], dtype=tf.string) for f in ROW}
-        [float(p) for p in fn(**built)["probability"].numpy().reshape(-1)]
+        [float(p) for p in fn(**built)[model_artifact.OUTPUT].numpy().reshape(-1)]
         from_python.append(time.perf_counter() - t)
     return {"calls": calls,
             "p50_ms": ms(percentile(prebuilt, 50)), "p99_ms": ms(percentile(prebuilt, 99)),
@@ -332,8 +335,6 @@ def run_level(make_client, concurrency: int, total: int, warmup: int = 5) -> dic
 # 4. Canary move under load.
 
 def canary_move(server: Server, root: str, record: dict, requests: int) -> dict:
-    from components.common.artifacts import deployment
-
     per_phase = math.ceil(requests / 3)
     cap = 20 * requests + 10_000  # a hard bound on the total, whatever happens
     records: list[tuple[float, bool, str]] = []  # (sent at, ok, model_version or error)
@@ -427,8 +428,8 @@ def canary_move(server: Server, root: str, record: dict, requests: int) -> dict:
 def build_table(result: dict) -> list[dict]:
     rows = []
 
-    def add(name: str, value, unit: str = "", goal: str = "") -> None:
-        rows.append({"figure": name, "value": value, "unit": unit, "goal": goal})
+    def add(name: str, value, unit: str = "", goal: str = "", digits: int = 1) -> None:
+        rows.append(figure(name, value, unit, goal, digits))
 
     fl = result["floor"]
     add("floor: serving_default, 1 example, p50 / p99",
@@ -446,8 +447,8 @@ def build_table(result: dict) -> list[dict]:
         "ms", "< 2 ms")
     canary = result["canary"]
     add(f"canary move: requests ({canary['threads']} threads, {canary['seconds']} s)",
-        canary["requests"], "", ">= " + str(result["args"]["requests"]))
-    add("canary move: failed requests", canary["failed"], "", "0")
+        canary["requests"], "", ">= " + str(result["args"]["requests"]), digits=0)
+    add("canary move: failed requests", canary["failed"], "", "0", digits=0)
     for phase in canary["phases"]:
         add(f"canary {phase['phase']}: v2 share observed vs configured "
             f"(n={phase['counted_requests']}, switch {phase['switch_seconds']} s)",
@@ -457,17 +458,9 @@ def build_table(result: dict) -> list[dict]:
     return rows
 
 
-def markdown(table: list[dict]) -> str:
-    lines = ["| figure | value | goal |", "|---|---:|---|"]
-    for f in table:
-        value = f"{f['value']:,}" if isinstance(f["value"], int) else f"{f['value']}"
-        lines.append(f"| {f['figure']} | {value} {f['unit']} | {f['goal']} |".replace("  |", " |"))
-    return "\n".join(lines)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default=os.path.join(BENCH, "out"))
+    parser.add_argument("--workdir", default=str(OUT))
     parser.add_argument("--requests", type=int, default=2000,
                         help="at least this many REST requests during the canary move")
     parser.add_argument("--latency-requests", type=int, default=400,
@@ -515,11 +508,9 @@ def main(argv=None) -> int:
     result["machine"] = machine(load_before)
     result["code_version"] = code_version()
     result["table"] = build_table(result)
-    out = os.path.join(workdir, "bench_serve.json")
-    with open(out, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
+    out = write_json(os.path.join(workdir, "bench_serve.json"), result)
     print()
-    print(markdown(result["table"]))
+    print(markdown(result["table"], compact=True))
     print(f"\nJSON: {out}")
     return 0
 

@@ -1,66 +1,34 @@
 """The model analysis report a person reads: the blessing decision first, then the evidence.
 
-Self-contained HTML (inline CSS, matplotlib PNGs embedded as base64 data URIs, no scripts or
-CDNs) so it renders in the Kubeflow UI's HTML viewer and offline. Plots: ROC and calibration
-(model against baseline), per-slice recall and false-positive rate, fairness gaps, and feature
-dependence from the counterfactual flips.
+One self-contained HTML file (components/common/html_report.py: inline CSS, matplotlib PNGs
+embedded as data URIs, no scripts or CDNs) so it renders in the Kubeflow UI's HTML viewer and
+offline. Plots: ROC and calibration (model against baseline), per-slice recall and false-positive
+rate, fairness gaps, and feature dependence from the counterfactual flips.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-
 from components.common.artifacts.evaluation import SCALAR_METRICS
+from components.common.html_report import (
+    e,
+    figure,
+    grouped_barh,
+    img,
+    legend_outside,
+    n,
+    num,
+    write_page,
+)
 from components.evaluate.blessing import LOWER_IS_BETTER
 
 MODEL_COLOR, BASELINE_COLOR = "#1f77b4", "#7f7f7f"
 RECALL_COLOR, FPR_COLOR = "#2ca02c", "#d62728"
 MAX_SLICE_BARS = 20
 MAX_SLICE_ROWS = 100
-DPI = 90
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
-h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:28px} h3{font-size:15px}
-table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;
-text-align:left;vertical-align:top;font-size:13px} th{background:#f5f5f5}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#137333;font-weight:600} .bad{color:#b3261e;font-weight:600}
-.muted{color:#666;font-size:12px} .plots img{margin:4px 12px 4px 0;vertical-align:top}
-.plots table{display:inline-table;vertical-align:top;margin-right:16px}
-.section{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:12px 0}
-"""
-
-
-def _e(value) -> str:
-    return html.escape(str(value))
-
-
-def _n(value, digits: int = 4) -> str:
-    if value is None:
-        return "<span class='muted'>n/a</span>"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
-def _figure(width: float = 5.0, height: float = 4.0):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def _img(fig, alt: str) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
 def roc_plot(overall: dict, baseline: dict | None) -> str:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls=":", color="#999", lw=1)
     for name, metrics, color in (("model", overall, MODEL_COLOR),
@@ -69,7 +37,7 @@ def roc_plot(overall: dict, baseline: dict | None) -> str:
             continue
         roc = metrics["roc_curve"]
         ax.plot(roc["fpr"], roc["tpr"], color=color, lw=2,
-                label=f"{name} (AUC {_n(metrics['auc'], 3)})")
+                label=f"{name} (AUC {num(metrics['auc'], '.3f')})")
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]["matrix"]
         if tp + fn and tn + fp:
             ax.plot([fp / (fp + tn)], [tp / (tp + fn)], "o", color=color, ms=6)
@@ -77,11 +45,11 @@ def roc_plot(overall: dict, baseline: dict | None) -> str:
            title="ROC (dot: decision threshold)", xlim=(0, 1), ylim=(0, 1.01))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=9)
-    return _img(fig, "ROC curve")
+    return img(fig, "ROC curve")
 
 
 def calibration_plot(overall: dict, baseline: dict | None) -> str:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls=":", color="#999", lw=1, label="perfectly calibrated")
     for name, metrics, color in (("model", overall, MODEL_COLOR),
@@ -90,83 +58,60 @@ def calibration_plot(overall: dict, baseline: dict | None) -> str:
             continue
         cal = metrics["calibration"]
         ax.plot(cal["mean_predicted"], cal["observed_rate"], "o-", color=color, lw=1.5, ms=4,
-                label=f"{name} (ECE {_n(cal['ece'], 3)})")
+                label=f"{name} (ECE {num(cal['ece'], '.3f')})")
     ax.set(xlabel="mean predicted probability (bin)", ylabel="observed positive rate",
            title=f"Calibration ({overall['calibration']['bins']} bins)", xlim=(0, 1),
            ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=9)
-    return _img(fig, "calibration curve")
-
-
-def _legend_outside(ax) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-
-
-def _bar_labels(ax, positions, values, shown) -> None:
-    for y, value, defined in zip(positions, values, shown, strict=True):
-        ax.text(value + 0.01, y, f"{value:.2f}" if defined else "n/a", va="center", fontsize=7,
-                color="#444")
+    return img(fig, "calibration curve")
 
 
 def slice_plot(feature: str, rows: list[dict]) -> str:
     shown = [r for r in rows if r["eligible"]][:MAX_SLICE_BARS]
     if not shown:
         return ""
-    fig = _figure(7.5, 0.9 + 0.36 * len(shown))
+    fig = figure(7.5, 0.9 + 0.36 * len(shown))
     ax = fig.add_subplot()
-    height = 0.4
-    for offset, metric, color, label in ((-height / 2, "recall", RECALL_COLOR, "recall"),
-                                         (height / 2, "fpr", FPR_COLOR, "false-positive rate")):
-        values = [r[metric] if r[metric] is not None else 0.0 for r in shown]
-        positions = [i + offset for i in range(len(shown))]
-        ax.barh(positions, values, height, color=color, label=label)
-        _bar_labels(ax, positions, values, [r[metric] is not None for r in shown])
-    labels = [f"{r['value'][:34]} (n={r['count']})" for r in shown]
-    ax.set_yticks(list(range(len(shown))), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1.08), title=f"{feature}: recall and false-positive rate per slice")
-    _legend_outside(ax)
-    return _img(fig, f"{feature} slices")
+    grouped_barh(ax, [f"{r['value'][:34]} (n={r['count']})" for r in shown],
+                 [("recall", [r["recall"] for r in shown], RECALL_COLOR),
+                  ("false-positive rate", [r["fpr"] for r in shown], FPR_COLOR)])
+    ax.set_xlim(0, 1.08)
+    ax.set_title(f"{feature}: recall and false-positive rate per slice", parse_math=False)
+    return img(fig, f"{feature} slices")
 
 
 def fairness_plot(slices: dict) -> str:
-    names = [n for n, s in slices.items()
+    names = [name for name, s in slices.items()
              if any(s["fairness"][m]["gap"] is not None for m in ("recall", "fpr"))]
     if not names:
         return ""
-    fig = _figure(6.0, 1.0 + 0.6 * len(names))
+    fig = figure(6.0, 1.0 + 0.6 * len(names))
     ax = fig.add_subplot()
-    height = 0.35
-    for offset, metric, color, label in ((-height / 2, "recall", RECALL_COLOR, "recall gap"),
-                                         (height / 2, "fpr", FPR_COLOR, "FPR gap")):
-        gaps = [slices[n]["fairness"][metric]["gap"] for n in names]
-        positions = [i + offset for i in range(len(names))]
-        ax.barh(positions, [g or 0.0 for g in gaps], height, color=color, label=label)
-        _bar_labels(ax, positions, [g or 0.0 for g in gaps], [g is not None for g in gaps])
-    ax.set_yticks(list(range(len(names))), names)
-    ax.invert_yaxis()
+    grouped_barh(ax, names, [(label, [slices[name]["fairness"][metric]["gap"] for name in names],
+                              color)
+                             for metric, color, label in (("recall", RECALL_COLOR, "recall gap"),
+                                                          ("fpr", FPR_COLOR, "FPR gap"))])
     ax.set(xlim=(0, 1.08), xlabel="max - min across eligible slices", title="Fairness gaps")
-    _legend_outside(ax)
-    return _img(fig, "fairness gaps")
+    return img(fig, "fairness gaps")
 
 
 def dependence_plot(features: dict) -> str:
-    names = [n for n, s in features.items() if s["mean_abs_delta"] is not None]
+    names = [name for name, s in features.items() if s["mean_abs_delta"] is not None]
     if not names:
         return ""
-    names.sort(key=lambda n: -features[n]["mean_abs_delta"])
-    fig = _figure(7.0, 1.0 + 0.35 * len(names))
+    names.sort(key=lambda name: -features[name]["mean_abs_delta"])
+    fig = figure(7.0, 1.0 + 0.35 * len(names))
     ax = fig.add_subplot()
-    ax.barh(range(len(names)), [features[n]["mean_abs_delta"] for n in names],
+    ax.barh(range(len(names)), [features[name]["mean_abs_delta"] for name in names],
             color=MODEL_COLOR, label="mean |Δp|")
-    ax.plot([features[n]["max_abs_delta"] for n in names], range(len(names)), "k|", ms=12,
-            label="max |Δp|")
-    ax.set_yticks(list(range(len(names))), names)
+    ax.plot([features[name]["max_abs_delta"] for name in names], range(len(names)), "k|",
+            ms=12, label="max |Δp|")
+    ax.set_yticks(list(range(len(names))), names, parse_math=False)
     ax.invert_yaxis()
     ax.set(xlabel="|change in probability| when only this feature changes",
            title="Feature dependence (counterfactual flips)", xlim=(0, 1))
-    _legend_outside(ax)
-    return _img(fig, "feature dependence")
+    legend_outside(ax)
+    return img(fig, "feature dependence")
 
 
 def _blessing_section(blessing: dict) -> list[str]:
@@ -176,16 +121,16 @@ def _blessing_section(blessing: dict) -> list[str]:
                    "<th>result</th></tr>")
         for r in blessing["reasons"]:
             css, word = ("ok", "passed") if r["passed"] else ("bad", "failed")
-            note = f" <span class='muted'>{_e(r['note'])}</span>" if r.get("note") else ""
-            out.append(f"<tr><td>{_e(r['check'])}</td><td>{_e(r['kind'])}</td>"
-                       f"<td class='num'>{_n(r['value'])}</td>"
-                       f"<td class='num'>{_n(r['threshold'])}</td>"
+            note = f" <span class='muted'>{e(r['note'])}</span>" if r.get("note") else ""
+            out.append(f"<tr><td>{e(r['check'])}</td><td>{e(r['kind'])}</td>"
+                       f"<td class='num'>{n(r['value'])}</td>"
+                       f"<td class='num'>{n(r['threshold'])}</td>"
                        f"<td class='{css}'>{word}{note}</td></tr>")
         out.append("</table>")
     else:
         out.append("<p class='muted'>No thresholds or baseline tolerances configured.</p>")
     if blessing.get("note"):
-        out.append(f"<p class='muted'>{_e(blessing['note'])}</p>")
+        out.append(f"<p class='muted'>{e(blessing['note'])}</p>")
     return out
 
 
@@ -196,7 +141,7 @@ def _overall_table(overall: dict, baseline: dict | None) -> str:
     rows = [head + "</tr>"]
     for name in SCALAR_METRICS:
         value = overall.get(name)
-        row = f"<tr><td>{_e(name)}</td><td class='num'>{_n(value)}</td>"
+        row = f"<tr><td>{e(name)}</td><td class='num'>{n(value)}</td>"
         if baseline:
             base = baseline.get(name)
             change = ""
@@ -204,18 +149,18 @@ def _overall_table(overall: dict, baseline: dict | None) -> str:
                 delta = value - base
                 better = delta <= 0 if name in LOWER_IS_BETTER else delta >= 0
                 change = f"<span class='{'ok' if better else 'bad'}'>{delta:+.4f}</span>"
-            row += f"<td class='num'>{_n(base)}</td><td class='num'>{change}</td>"
+            row += f"<td class='num'>{n(base)}</td><td class='num'>{change}</td>"
         rows.append(row + "</tr>")
     extra = (f"<tr><td>examples</td><td class='num'>{overall['count']}</td></tr>"
-             f"<tr><td>positive rate</td><td class='num'>{overall['positive_rate']:.4f}</td></tr>"
+             f"<tr><td>positive rate</td><td class='num'>{n(overall['positive_rate'])}</td></tr>"
              f"<tr><td>predicted positive rate</td>"
-             f"<td class='num'>{overall['predicted_positive_rate']:.4f}</td></tr>")
+             f"<td class='num'>{n(overall['predicted_positive_rate'])}</td></tr>")
     return "<table>" + "".join(rows) + extra + "</table>"
 
 
 def _confusion_table(overall: dict, class_names: tuple[str, str]) -> str:
     (tn, fp), (fn, tp) = overall["confusion_matrix"]["matrix"]
-    neg, pos = (_e(c) for c in class_names)
+    neg, pos = (e(c) for c in class_names)
     return ("<table><tr><th>true \\ predicted</th>"
             f"<th>{neg}</th><th>{pos}</th></tr>"
             f"<tr><th>{neg}</th><td class='num'>{tn}</td><td class='num'>{fp}</td></tr>"
@@ -228,11 +173,12 @@ def _slice_table(rows: list[dict]) -> str:
            "<th>recall</th><th>FPR</th><th>precision</th><th>compared</th></tr>"]
     for r in rows[:MAX_SLICE_ROWS]:
         compared = "yes" if r["eligible"] else "<span class='muted'>too small</span>"
-        out.append(f"<tr><td>{_e(r['value'])}</td><td class='num'>{r['count']}</td>"
-                   f"<td class='num'>{r['positives']}</td><td class='num'>{_n(r['auc'], 3)}</td>"
-                   f"<td class='num'>{_n(r['recall'], 3)}</td>"
-                   f"<td class='num'>{_n(r['fpr'], 3)}</td>"
-                   f"<td class='num'>{_n(r['precision'], 3)}</td><td>{compared}</td></tr>")
+        out.append(f"<tr><td>{e(r['value'])}</td><td class='num'>{r['count']}</td>"
+                   f"<td class='num'>{r['positives']}</td>"
+                   f"<td class='num'>{n(r['auc'], '.3f')}</td>"
+                   f"<td class='num'>{n(r['recall'], '.3f')}</td>"
+                   f"<td class='num'>{n(r['fpr'], '.3f')}</td>"
+                   f"<td class='num'>{n(r['precision'], '.3f')}</td><td>{compared}</td></tr>")
     out.append("</table>")
     if len(rows) > MAX_SLICE_ROWS:
         out.append(f"<p class='muted'>{len(rows) - MAX_SLICE_ROWS} smaller slices not shown; "
@@ -246,10 +192,11 @@ def _fairness_table(slices: dict) -> str:
     for feature, entry in slices.items():
         for metric, gap in entry["fairness"].items():
             def side(s):
-                return f"{_e(s['slice'])} ({s['value']:.3f}, n={s['count']})" if s else ""
-            note = f" <span class='muted'>{_e(gap['note'])}</span>" if gap.get("note") else ""
-            out.append(f"<tr><td>{_e(feature)}</td><td>{_e(metric)}</td>"
-                       f"<td class='num'>{_n(gap['gap'], 3)}{note}</td><td>{side(gap['max'])}</td>"
+                return f"{e(s['slice'])} ({num(s['value'], '.3f')}, n={s['count']})" if s else ""
+            note = f" <span class='muted'>{e(gap['note'])}</span>" if gap.get("note") else ""
+            out.append(f"<tr><td>{e(feature)}</td><td>{e(metric)}</td>"
+                       f"<td class='num'>{n(gap['gap'], '.3f')}{note}</td>"
+                       f"<td>{side(gap['max'])}</td>"
                        f"<td>{side(gap['min'])}</td>"
                        f"<td class='num'>{gap['slices_compared']}</td></tr>")
     out.append("</table>")
@@ -259,15 +206,15 @@ def _fairness_table(slices: dict) -> str:
 def _dependence_table(features: dict) -> str:
     out = ["<table><tr><th>feature</th><th>mean |Δp|</th><th>max |Δp|</th><th>mean Δp</th>"
            "<th>decisions flipped</th><th>counterfactuals</th><th>values tried</th></tr>"]
-    order = sorted(features, key=lambda n: -(features[n]["mean_abs_delta"] or 0.0))
+    order = sorted(features, key=lambda name: -(features[name]["mean_abs_delta"] or 0.0))
     for name in order:
         s = features[name]
         tried = ", ".join(repr(v[:30]) if v else "(blank)" for v in s["values_tried"])
-        flip = f"{s['flip_rate']:.1%}" if s["flip_rate"] is not None else _n(None)
-        out.append(f"<tr><td>{_e(name)}</td><td class='num'>{_n(s['mean_abs_delta'])}</td>"
-                   f"<td class='num'>{_n(s['max_abs_delta'])}</td>"
-                   f"<td class='num'>{_n(s.get('mean_delta'))}</td><td class='num'>{flip}</td>"
-                   f"<td class='num'>{s['counterfactuals']}</td><td>{_e(tried)}</td></tr>")
+        out.append(f"<tr><td>{e(name)}</td><td class='num'>{n(s['mean_abs_delta'])}</td>"
+                   f"<td class='num'>{n(s['max_abs_delta'])}</td>"
+                   f"<td class='num'>{n(s.get('mean_delta'))}</td>"
+                   f"<td class='num'>{n(s['flip_rate'], '.1%')}</td>"
+                   f"<td class='num'>{s['counterfactuals']}</td><td>{e(tried)}</td></tr>")
     out.append("</table>")
     return "".join(out)
 
@@ -283,19 +230,16 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
     base = blessing["baseline"]
     if base.get("model_id"):
         version = f"version {base['version']}, " if base.get("version") is not None else ""
-        baseline_text = f"{version}model {_e(base['model_id'])} ({_e(base['uri'])})"
+        baseline_text = f"{version}model {e(base['model_id'])} ({e(base['uri'])})"
     else:
-        baseline_text = _e(base.get("note") or "none")
+        baseline_text = e(base.get("note") or "none")
     training = model.get("training") or {}
     trained_on = training.get("dataset_version")
     out = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Model evaluation: {_e(model['model_id'])}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>Model evaluation: {_e(config.name)} model {_e(model['model_id'])}</h1>",
+        f"<h1>Model evaluation: {e(config.name)} model {e(model['model_id'])}</h1>",
         f"<p>{status}. Evaluated on {metrics['eval_examples']} eval examples of "
-        f"{_e(metrics['dataset_version'])}"
-        + (f" (trained on {_e(trained_on)})" if trained_on else "")
+        f"{e(metrics['dataset_version'])}"
+        + (f" (trained on {e(trained_on)})" if trained_on else "")
         + f"; decision threshold {metrics['decision_threshold']}. Baseline: {baseline_text}."
         "</p>",
         "<h2>Blessing</h2>",
@@ -305,7 +249,7 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
         _confusion_table(overall, class_names), "</div>",
     ]
     for note in overall["notes"]:
-        out.append(f"<p class='muted'>{_e(note)}</p>")
+        out.append(f"<p class='muted'>{e(note)}</p>")
     out += ["<div class='plots'>", roc_plot(overall, baseline),
             calibration_plot(overall, baseline), "</div>"]
 
@@ -318,7 +262,7 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
         out.append(f"<div class='plots'>{fairness_plot(slices)}</div>")
         out.append("<h2>Slices</h2>")
         for feature, entry in slices.items():
-            out.append(f"<div class='section' id='slice-{_e(feature)}'><h3>{_e(feature)}</h3>")
+            out.append(f"<div class='section' id='slice-{e(feature)}'><h3>{e(feature)}</h3>")
             out.append(f"<div class='plots'>{slice_plot(feature, entry['slices'])}</div>")
             out.append(_slice_table(entry["slices"]))
             out.append("</div>")
@@ -330,14 +274,13 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
                f"{dependence['replacements']} most common values in the sample, or blank; "
                "a decision flips when the prediction crosses the threshold.</p>")
     for note in dependence["notes"]:
-        out.append(f"<p class='bad'>{_e(note)}</p>")
+        out.append(f"<p class='bad'>{e(note)}</p>")
     if dependence["features"]:
         out.append(f"<div class='plots'>{dependence_plot(dependence['features'])}</div>")
         out.append(_dependence_table(dependence["features"]))
     if dependence.get("signature_max_abs_diff") is not None:
         out.append(f"<p class='muted'>serving_default vs serving_tf_example on the sample: max "
                    f"|Δp| {dependence['signature_max_abs_diff']:.2g}.</p>")
-    out.append(f"<p class='muted'>code {_e(metrics['code_version'])}, "
-               f"{_e(metrics['created_at'])}</p></body></html>")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(out))
+    out.append(f"<p class='muted'>code {e(metrics['code_version'])}, "
+               f"{e(metrics['created_at'])}</p>")
+    write_page(path, f"Model evaluation: {model['model_id']}", out)
