@@ -27,7 +27,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--hparams", type=optional_str, default="{}",
                         help="hyperparameters as one JSON object, e.g. "
                              "'{\"learning_rate\": 0.01}'; missing keys take the defaults in "
-                             "components/train/hparams.py")
+                             "components/common/hparams.py")
     add_dataset_config(parser)
     add_executor_input(parser)
     return parser
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from components.common.dataset_config import load_dataset_config
     from components.common.kfp_executor import ExecutorIO
-    from components.train.hparams import parse_hparams
+    from components.common.hparams import metric_lines, parse_hparams
     from components.train.train import train
 
     hparams = parse_hparams(args.hparams)  # before any heavy import: bad JSON fails fast
@@ -45,9 +45,7 @@ def main(argv=None) -> int:
     info = train(args.examples, args.transform, args.output,
                  load_dataset_config(args.dataset_config), hparams)
     # The format Katib's StdOut metrics collector reads: one `name=value` per line.
-    for name, value in sorted(info["metrics"].items()):
-        print(f"{name}={value:.6f}")
-    sys.stdout.flush()
+    print(metric_lines(info["metrics"]), end="", flush=True)
     executor.artifact("model", {
         "model_id": info["model_id"],
         "dataset_version": info["dataset_version"],

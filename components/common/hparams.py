@@ -1,8 +1,15 @@
-"""Hyperparameters: one JSON object, so a tuner (Katib) can drive training with one argument."""
+"""The training contract a tuner drives: hyperparameters in, metric lines out.
+
+In: one JSON object (`train --hparams`), defaults below, unknown keys and bad values refused.
+Out: train prints its eval metrics on stdout, one `name=value` per line, the format Katib's
+StdOut metrics collector parses with its default filter (METRIC_FILTER); the local tuner parses
+the same lines with the same expression. Shared by train and tune, which never import each other.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 
 from components.common.errors import StepError
 
@@ -49,3 +56,25 @@ def parse_hparams(text: str | None) -> dict:
         if not ok(hparams[key]):
             raise StepError(f"--hparams: {key}={hparams[key]!r} is not valid")
     return hparams
+
+
+# Katib v1beta1's default metrics filter (pkg/metricscollector/v1beta1/common/const.go).
+METRIC_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+# What train prints: the metrics its model is compiled with, evaluated on the eval split.
+METRICS = ("auc", "accuracy", "precision", "recall", "loss")
+
+
+def metric_lines(metrics: dict[str, float]) -> str:
+    """`auc=0.712345` lines, sorted by name."""
+    return "".join(f"{name}={value:.6f}\n" for name, value in sorted(metrics.items()))
+
+
+def parse_metric_lines(text: str) -> dict[str, float]:
+    """Every `name=value` of the text, as Katib's collector reads it; the last value wins."""
+    found = {}
+    for match in re.finditer(METRIC_FILTER, text):
+        try:
+            found[match.group(1)] = float(match.group(2))
+        except ValueError:  # "x=" with no digits
+            continue
+    return found
