@@ -115,8 +115,8 @@ def ensure_registry(workdir: str, rebuild: bool) -> tuple[str, float | None]:
         if {1, 2} <= versions:
             return root, None
     from components.common.dataset_config import load_dataset_config
-    from components.ingest.ingest import ingest
     from components.common.hparams import parse_hparams
+    from components.ingest.ingest import ingest
     from components.train.train import train
     from components.transform.transform import transform
 

@@ -52,8 +52,8 @@ ROWS = [
 def registry_root(tmp_path_factory) -> Path:
     """Registry versions 1 and 2 of NAME, trained by the real steps (different seeds)."""
     from components.common.dataset_config import load_dataset_config
-    from components.ingest.ingest import ingest
     from components.common.hparams import parse_hparams
+    from components.ingest.ingest import ingest
     from components.train.train import train
     from components.transform.transform import transform
 

@@ -11,8 +11,8 @@ import pytest
 from components.common.artifacts import transform as transform_artifact
 from components.common.dataset_config import load_dataset_config
 from components.common.errors import StepError
-from components.ingest.ingest import ingest
 from components.common.hparams import DEFAULTS, parse_hparams
+from components.ingest.ingest import ingest
 from components.train.train import train
 from components.transform.transform import transform
 

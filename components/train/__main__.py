@@ -36,8 +36,8 @@ def build_parser() -> StepArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from components.common.dataset_config import load_dataset_config
-    from components.common.kfp_executor import ExecutorIO
     from components.common.hparams import metric_lines, parse_hparams
+    from components.common.kfp_executor import ExecutorIO
     from components.train.train import train
 
     hparams = parse_hparams(args.hparams)  # before any heavy import: bad JSON fails fast
