@@ -20,6 +20,9 @@ RESOURCES = {
                  "memory_limit": "4Gi"},
     "transform": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1536Mi",
                   "memory_limit": "3Gi"},
+    # tune: the katib backend only waits; the local one trains in the pod (parallel_trials at once)
+    "tune": {"cpu_request": "500m", "cpu_limit": "2", "memory_request": "1Gi",
+             "memory_limit": "4Gi"},
     "train": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi",
               "memory_limit": "4Gi"},
     "evaluate": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1536Mi",
@@ -30,10 +33,10 @@ RESOURCES = {
                "memory_limit": "512Mi"},
 }
 RESOURCE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
-# Never cached: steps with side effects (push, deploy) or whose input is outside the pipeline
-# (ingest reads whatever is at the source URI now). The rest cache on their inputs, which are
-# content-addressed from ingest on (a new data version is a new examples artifact).
-NOT_CACHED = ("ingest", "push", "deploy")
+# Never cached: steps with side effects (tune creates a Katib Experiment, push, deploy) or whose
+# input is outside the pipeline (ingest reads whatever is at the source URI now). The rest
+# cache on their inputs, content-addressed from ingest on (new data: a new examples artifact).
+NOT_CACHED = ("ingest", "tune", "push", "deploy")
 # How push and deploy are skipped when there is nothing to do: `conditions` (the cluster
 # package: dsl.If on blessed / pushed, shown as skipped in the UI) or `in-step` (kfp.local
 # cannot run conditions: the steps gate themselves and record "skipped"). The steps gate
@@ -108,8 +111,9 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="New data in: ingest and version it, validate it (TFDV), fit the "
-                    "preprocessing, train, analyse and bless the model against the current one, "
-                    "publish it as a new registry version and deploy it as a canary.",
+                    "preprocessing, tune (optional, Katib), train, analyse and bless the model "
+                    "against the current one, publish it as a new registry version and deploy "
+                    "it as a canary.",
     )
     def training_pipeline(
         source: str,
@@ -119,6 +123,12 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         schema: str = "",
         fail_on_anomalies: bool = True,
         hparams: str = "{}",
+        tune: bool = False,
+        tune_backend: str = "katib",
+        search_space: str = "",
+        tune_algorithm: str = "tpe",
+        tune_max_trials: int = 12,
+        tune_parallel_trials: int = 2,
         thresholds: str = "",
         registry: str = "s3://mlpipeline/cfpb/models",
         model_name: str = "cfpb-disputes",
@@ -141,9 +151,17 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
             examples=ingest.outputs["examples"], dataset_config=dataset_config), "transform")
         transform.set_display_name("Fit preprocessing")
         transform.after(validate)  # anomalous data stops the run before any model work
+        tuning = configured(steps["tune"](
+            examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
+            search_space=search_space, hparams=hparams, enabled=tune, backend=tune_backend,
+            algorithm=tune_algorithm, max_trials=tune_max_trials,
+            parallel_trials=tune_parallel_trials, dataset_config=dataset_config,
+            trial_image=build_facts.image_name("train", image_registry, image_tag),
+            s3_secret=s3_secret or ""), "tune")
+        tuning.set_display_name("Tune hyperparameters (if tune)")
         train = configured(steps["train"](
             examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
-            hparams=hparams, dataset_config=dataset_config), "train")
+            hparams=tuning.outputs["best_hparams"], dataset_config=dataset_config), "train")
         train.set_display_name("Train model")
         evaluate = configured(steps["evaluate"](
             model=train.outputs["model"], examples=ingest.outputs["examples"],

@@ -157,7 +157,8 @@ def print_summary(summary: dict) -> None:
 
 
 def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams: str,
-              image_registry: str, image_tag: str, model_name: str = "cfpb-disputes") -> int:
+              image_registry: str, image_tag: str, model_name: str = "cfpb-disputes",
+              tune: bool = False) -> int:
     import docker
     from kfp import local
 
@@ -195,7 +196,8 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
     try:
         training_pipeline(source=source, data_store=str(store), registry=str(registry),
                           model_name=model_name, fail_on_anomalies=fail_on_anomalies,
-                          hparams=hparams, deploy_target="local")
+                          hparams=hparams, deploy_target="local", tune=tune,
+                          tune_backend="local")
     except RuntimeError as exc:
         message = ANSI.sub("", str(exc))
         match = re.search(r"Inner task failed: '([^']+)'", message)

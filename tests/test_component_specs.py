@@ -20,6 +20,7 @@ PLACEHOLDERS = ("inputValue", "inputPath", "outputPath")
 # Flags for a person at a terminal, which a pipeline run has no use for.
 CLI_ONLY = {
     "deploy": {"--dry-run", "--record"},  # review a rollout before it happens
+    "tune": {"--dry-run"},  # review the Katib Experiment before it runs
 }
 
 

@@ -26,7 +26,7 @@ from tests.conftest import REAL_SAMPLE, ROOT, run_cli
 IMAGES = ROOT / "images"
 STEPS = build_facts.pipeline_steps()
 BUILT = tuple(i.name for i in build_facts.IMAGES)
-TENSORFLOW_STEPS = ("validate", "transform", "train", "evaluate")
+TENSORFLOW_STEPS = ("validate", "transform", "tune", "train", "evaluate")
 PROJECT = build_facts.PROJECT
 DOCKERFILE = IMAGES / "step.Dockerfile"
 
@@ -230,6 +230,9 @@ NEEDS = {
                  "apache_beam.options.pipeline_options,dill,minio,yaml,tensorflow", ""),
     "transform": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam"),
     "train": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam"),
+    "tune": ("optuna,kubeflow.katib,kubernetes.client,tensorflow,keras,sklearn.gaussian_process,"
+             "matplotlib.figure,minio,yaml,components.tune.katib",
+             "tensorflow_data_validation,apache_beam,torch"),
     "evaluate": ("tensorflow,keras,sklearn.metrics,matplotlib.figure,minio,yaml,"
                  "components.common.registry", "tensorflow_data_validation,apache_beam"),
     "push": ("minio,yaml,components.common.registry", "tensorflow,keras,numpy"),

@@ -111,7 +111,7 @@ def test_every_task_has_resources_and_the_right_caching(compiled):
         assert resources["memoryRequest"] <= resources["memoryLimit"], name
         cached = task.get("cachingOptions", {}).get("enableCache", False)
         # side effects and external inputs are never replayed from the cache
-        assert cached == (name not in ("ingest", "push", "deploy")), name
+        assert cached == (name not in ("ingest", "tune", "push", "deploy")), name
 
 
 def test_push_and_deploy_are_conditions_on_the_cluster(compiled):

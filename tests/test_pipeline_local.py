@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("kfp")  # the pipeline-SDK environment (.venv-sdk) only
 
+from components.common import build_facts  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.sdk, pytest.mark.slow]
@@ -65,7 +66,8 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     first = run(work, generate(tmp_path / "first.csv", 6000, seed=31))
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     summary = json.loads((work / "latest" / "summary.json").read_text())
-    assert [s["status"] for s in summary["steps"]] == ["success"] * 7
+    assert [s["status"] for s in summary["steps"]] == ["success"] * len(summary["steps"])
+    assert [s["name"] for s in summary["steps"]] == list(build_facts.pipeline_steps())
     assert all(s["seconds"] and s["seconds"] > 0 for s in summary["steps"])
     assert summary["dataset_version"].startswith("ds-")
     assert summary["anomalies_found"] is False
@@ -87,7 +89,7 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     statuses = {s["name"]: s["status"] for s in summary["steps"]}
     assert statuses["ingest"] == "success" and statuses["validate"] == "failure"
     assert all(statuses[s] == "not run"
-               for s in ("transform", "train", "evaluate", "push", "deploy"))
+               for s in ("transform", "tune", "train", "evaluate", "push", "deploy"))
     assert summary["failed_step"] == "validate" and "consumer_disputed" in summary["reason"]
     assert second.stderr.strip().splitlines()[-1].startswith("error: local run: step validate")
     assert json.loads((work / "registry" / "cfpb-disputes" / "index.json").read_text()) == index

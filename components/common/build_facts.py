@@ -50,6 +50,7 @@ IMAGES = (
                                "google-api-python-client", "pandas")),
     Image("validate", "validate", ("google-cloud-aiplatform", "libclang")),
     Image("transform", "model", ("libclang",)),
+    Image("tune", "tune", ("libclang",)),
     Image("train", "model", ("libclang",)),
     Image("evaluate", "model", ("libclang",)),
     Image("push", "push"),

@@ -40,7 +40,12 @@ def parse_hparams(text: str | None) -> dict:
         raise StepError(f"--hparams: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
     hparams = {**DEFAULTS, **given}
     if isinstance(hparams["hidden_units"], int | str):
-        hparams["hidden_units"] = [int(u) for u in str(hparams["hidden_units"]).split(",") if u]
+        try:
+            hparams["hidden_units"] = [int(u) for u in str(hparams["hidden_units"]).split(",")
+                                       if u.strip()]
+        except ValueError:
+            raise StepError(f"--hparams: hidden_units={hparams['hidden_units']!r} is not "
+                            "valid (layer sizes like \"64,32\")") from None
     checks = {
         "learning_rate": lambda v: isinstance(v, int | float) and 0 < v < 1,
         "hidden_units": lambda v: isinstance(v, list) and v and all(

@@ -54,6 +54,17 @@ class ExecutorIO:
             return None
         return artifact.get("customPath") or local_path_for_uri(artifact.get("uri", ""))
 
+    def input_uri(self, name: str) -> str | None:
+        """The URI of an input artifact (e.g. minio://mlpipeline/v2/artifacts/...), for a
+        process outside this container that reads it from the object store (Katib trials)."""
+        entries = self._input.get("inputs", {}).get("artifacts", {}).get(name, {})
+        artifacts = entries.get("artifacts") or []
+        return artifacts[0].get("uri") or None if artifacts else None
+
+    def output_uri(self, name: str) -> str | None:
+        artifact = self._output_artifact(name)
+        return artifact.get("uri") if artifact else None
+
     def artifact(self, name: str, metadata: dict[str, Any] | None = None) -> None:
         self._artifacts[name] = dict(metadata or {})
 

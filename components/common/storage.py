@@ -248,3 +248,16 @@ def download_tree(uri: str, destination: str) -> int:
             shutil.copyfileobj(stream, out, PART_SIZE)
         count += 1
     return count
+
+
+@contextlib.contextmanager
+def local_directory(uri: str, prefix: str = "download-") -> Iterator[str]:
+    """A local directory with the files under `uri`: the directory itself, or a temporary
+    download of the S3 prefix, removed on exit."""
+    if not is_s3(uri):
+        yield uri
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        if not download_tree(uri, directory):
+            raise StepError(f"{uri}: no objects under this prefix")
+        yield directory

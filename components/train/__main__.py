@@ -19,8 +19,10 @@ def build_parser() -> StepArgumentParser:
         description="Train the wide-and-deep model on transformed features and export a "
                     "SavedModel that takes raw features (preprocessing inside).",
     )
-    parser.add_argument("--examples", required=True, help="output directory of the ingest step")
-    parser.add_argument("--transform", required=True, help="output directory of the transform step")
+    parser.add_argument("--examples", required=True,
+                        help="output directory of the ingest step (or its s3:// URI)")
+    parser.add_argument("--transform", required=True,
+                        help="output directory of the transform step (or its s3:// URI)")
     parser.add_argument("--output", required=True,
                         help="directory for model/ (the SavedModel), training.json, metrics.json "
                              "and logs/ (TensorBoard)")

@@ -117,6 +117,17 @@ def tf_version() -> str:
 
 def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
           hparams: dict) -> dict:
+    """Train and export; `examples` and `transform_dir` may be s3:// URIs (a Katib trial pod
+    reads them from MinIO): they are downloaded to temporary directories first."""
+    from components.common import storage
+
+    with storage.local_directory(examples, "examples-") as local_examples, \
+            storage.local_directory(transform_dir, "transform-") as local_transform:
+        return _train(local_examples, local_transform, output, config, hparams)
+
+
+def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
+           hparams: dict) -> dict:
     import keras
 
     from components.common.artifacts import transform as transform_artifact
