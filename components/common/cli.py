@@ -51,7 +51,8 @@ def run_step(name: str, main: Callable[[Sequence[str] | None], int | None],
 
 
 def parse_bool(value: str | bool) -> bool:
-    """KFP passes Boolean inputs as `true`/`false` strings; people type yes/no/1/0 too."""
+    """KFP passes Boolean inputs as `true`/`false` strings; people type yes/no/1/0 too.
+    An argparse type: a bad value is the one-line usage error `not a boolean: 'x'`."""
     if isinstance(value, bool):
         return value
     lowered = value.strip().lower()
@@ -59,7 +60,7 @@ def parse_bool(value: str | bool) -> bool:
         return True
     if lowered in ("false", "0", "no", "n", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {value!r}")
+    raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
 
 
 def optional_str(value: str) -> str | None:
@@ -92,6 +93,11 @@ def copy_to_output(source: str, destination: str | None) -> None:
 
         os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
         shutil.copyfile(source, destination)
+
+
+def add_metrics_output(parser, what: str) -> None:
+    parser.add_argument("--metrics", type=optional_str, default=None,
+                        help=f"also write {what} as JSON here (the KFP Metrics file)")
 
 
 def add_dataset_config(parser) -> None:

@@ -37,6 +37,16 @@ def load_api_client():
     return client.ApiClient()
 
 
+def pod_namespace(default: str = "default") -> str:
+    """The namespace this pod runs in (its ServiceAccount's), or `default` outside a cluster."""
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip() or default
+    except OSError:
+        return default
+
+
 def api_error(exc: Exception, what: str) -> StepError:
     """One line: what was asked, the HTTP status and reason, the API server's message."""
     status = getattr(exc, "status", None)
@@ -77,3 +87,18 @@ def with_retries(what: str, call: Callable[[], T], attempts: int = ATTEMPTS,
             time.sleep(delay)
             delay = min(delay * 2, MAX_DELAY_SECONDS)
     raise AssertionError("unreachable")
+
+
+def get_or_none(what: str, call: Callable[[], T]) -> T | None:
+    """`with_retries` for a read: a 404 is no object (None), not an error."""
+    from kubernetes.client.exceptions import ApiException
+
+    def attempt():
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    return with_retries(what, attempt)

@@ -16,14 +16,6 @@ STRATEGIES = ("canary", "promote", "rollback")
 TARGETS = ("local", "kserve")
 
 
-def _bool(value: str) -> bool:
-    import argparse
-
-    try:
-        return parse_bool(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
 
 def _optional_int(value: str) -> int | None:
     return int(value) if value not in ("", None) else None
@@ -50,7 +42,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--canary-percent", type=int, default=10, metavar="P",
                         help="percent of the traffic for a canary (0..100, default 10)")
     parser.add_argument("--target", choices=TARGETS, default="local")
-    parser.add_argument("--pushed", type=_bool, default=True, metavar="true|false",
+    parser.add_argument("--pushed", type=parse_bool, default=True, metavar="true|false",
                         help="push's `pushed` output; false skips the step (default true)")
     parser.add_argument("--namespace", type=optional_str, default=None,
                         help="kserve: namespace of the InferenceService (default: the pod's "
@@ -77,14 +69,6 @@ def build_parser() -> StepArgumentParser:
     add_executor_input(parser)
     return parser
 
-
-def _pod_namespace() -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip() or "default"
-    except OSError:
-        return "default"
 
 
 def _print_dry_run(args, target) -> int:
@@ -121,9 +105,10 @@ def main(argv=None) -> int:
     output = args.output or executor.output_path("deployment")
     target = None
     if args.target == "kserve":
+        from components.common import kube
         from components.deploy.kserve import Target
 
-        target = Target(namespace=args.namespace or _pod_namespace(),
+        target = Target(namespace=args.namespace or kube.pod_namespace(),
                         name=args.service_name or args.model_name,
                         storage_uri_prefix=args.storage_uri_prefix or args.registry,
                         service_account=args.service_account)

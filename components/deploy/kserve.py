@@ -67,18 +67,10 @@ class KServeApi:
         self._client = client.CustomObjectsApi(api_client or kube.load_api_client())
 
     def get(self, namespace: str, name: str) -> dict | None:
-        from kubernetes.client.exceptions import ApiException
-
-        def call():
-            try:
-                return self._client.get_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                                 PLURAL, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-
-        return kube.with_retries(f"get {KIND} {namespace}/{name}", call)
+        return kube.get_or_none(
+            f"get {KIND} {namespace}/{name}",
+            lambda: self._client.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                              name))
 
     def create(self, namespace: str, body: dict) -> dict:
         """Create; a retry that finds the object already there (an earlier attempt that

@@ -9,6 +9,7 @@ from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    add_metrics_output,
     add_report_copy,
     copy_to_output,
     optional_str,
@@ -39,8 +40,7 @@ def build_parser() -> StepArgumentParser:
     add_dataset_config(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the counterfactual sample (default 0)")
-    parser.add_argument("--metrics", type=optional_str, default=None,
-                        help="also write the scalar metrics as JSON here (the KFP Metrics file)")
+    add_metrics_output(parser, "the scalar metrics")
     parser.add_argument("--classification-metrics", type=optional_str, default=None,
                         help="also write ROC points and the confusion matrix as JSON here "
                              "(the KFP ClassificationMetrics file)")

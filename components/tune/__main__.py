@@ -8,21 +8,13 @@ from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    add_metrics_output,
     add_report_copy,
     copy_to_output,
     optional_str,
     parse_bool,
     run_step,
 )
-
-
-def _bool(value: str) -> bool:
-    import argparse
-
-    try:
-        return parse_bool(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> StepArgumentParser:
@@ -46,7 +38,7 @@ def build_parser() -> StepArgumentParser:
                              "components/tune/search_space.yaml)")
     parser.add_argument("--hparams", type=optional_str, default="{}",
                         help="base hyperparameters (JSON); trials change the searched keys")
-    parser.add_argument("--enabled", type=_bool, default=True, metavar="true|false",
+    parser.add_argument("--enabled", type=parse_bool, default=True, metavar="true|false",
                         help="false: no search, pass --hparams through (default true)")
     parser.add_argument("--objective", default="auc", help="metric train prints (default auc)")
     parser.add_argument("--goal", choices=GOALS, default="maximize")
@@ -56,9 +48,9 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--max-failed-trials", type=int, default=3)
     parser.add_argument("--backend", choices=BACKENDS, default="local")
     parser.add_argument("--timeout-minutes", type=float, default=60.0)
-    parser.add_argument("--early-stopping", type=_bool, default=False, metavar="true|false",
+    parser.add_argument("--early-stopping", type=parse_bool, default=False, metavar="true|false",
                         help="katib: stop poor trials early (median stop)")
-    parser.add_argument("--cleanup", type=_bool, default=False, metavar="true|false",
+    parser.add_argument("--cleanup", type=parse_bool, default=False, metavar="true|false",
                         help="katib: delete the Experiment when done")
     parser.add_argument("--seed", type=int, default=42, help="local: seed of the sampler")
     parser.add_argument("--namespace", type=optional_str, default=None,
@@ -69,8 +61,7 @@ def build_parser() -> StepArgumentParser:
                         help="katib: Secret with accesskey/secretkey the trial pods read S3 "
                              "with (S3_ENDPOINT_URL is passed on from this step)")
     add_dataset_config(parser)
-    parser.add_argument("--metrics", type=optional_str, default=None,
-                        help="also write the best objective as JSON here (KFP Metrics file)")
+    add_metrics_output(parser, "the best objective and trial counts")
     add_report_copy(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="katib: print the Experiment as YAML and create nothing")

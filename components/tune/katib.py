@@ -195,18 +195,10 @@ class KatibApi:
                                                                  EXPERIMENTS, body))
 
     def get(self, namespace: str, name: str) -> dict | None:
-        from kubernetes.client.exceptions import ApiException
-
-        def call():
-            try:
-                return self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                                 EXPERIMENTS, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-
-        return kube.with_retries(f"get {KIND} {namespace}/{name}", call)
+        return kube.get_or_none(
+            f"get {KIND} {namespace}/{name}",
+            lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                              EXPERIMENTS, name))
 
     def delete(self, namespace: str, name: str) -> None:
         kube.with_retries(

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-from components.common import documents
+from components.common import documents, kube
 from components.common.errors import StepError
 from components.common.hparams import METRICS, parse_hparams
 from components.common.staging import staged_output
@@ -111,7 +111,7 @@ def katib_settings(parameters, base: dict, options: TuneOptions, examples_uri: s
             raise StepError(f"{label} {uri}: Katib's trial pods read it from S3: give an s3:// "
                             "URI (in a pipeline run the step takes the artifact's URI)")
     return katib.Settings(
-        namespace=options.namespace or _pod_namespace(),
+        namespace=options.namespace or kube.pod_namespace(),
         name=katib.experiment_name(examples_uri, transform_uri, *name_parts),
         image=options.trial_image, examples=examples_uri, transform=transform_uri,
         base_hparams=base, objective=options.objective, goal=options.goal,
@@ -120,14 +120,6 @@ def katib_settings(parameters, base: dict, options: TuneOptions, examples_uri: s
         early_stopping=options.early_stopping, dataset_config=options.dataset_config,
         s3_endpoint_url=os.environ.get("S3_ENDPOINT_URL"), s3_secret=options.s3_secret)
 
-
-def _pod_namespace() -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip() or "default"
-    except OSError:
-        return "default"
 
 
 def tune(examples: str, transform: str, output: str, options: TuneOptions, *,
