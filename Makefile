@@ -16,7 +16,7 @@ SEED ?= 42
 LOCAL := local_runs
 SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
 
-.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps serve bench bench-model bench-pipeline clean
+.PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps serve bench bench-model bench-tune bench-pipeline clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -118,8 +118,41 @@ bench: $(VENV)/.synced  ## ingest/validate figures on 1,000,000 rows (see bench/
 bench-model: $(VENV)/.synced  ## training figures on 100,000 rows, AUC vs a TF-IDF baseline
 	$(RUN) bench/bench_model.py
 
+bench-tune: $(VENV)/.synced  ## tuning figures: 8 trials on 20,000 rows, 1 vs 2 in parallel
+	$(RUN) bench/bench_tune.py
+
 bench-pipeline: $(VENV_SDK)/.synced build-images  ## local container run at 20,000 and 200,000 rows
 	$(RUN_SDK) bench/bench_local_pipeline.py
 
 clean:  ## remove environments and local runs
 	rm -rf $(VENV) $(VENV_SDK) $(LOCAL) pipeline.yaml
+
+# ==== kind end-to-end (e2e/, .github/workflows/e2e-kind.yml) ===================================
+# The pipeline on a local kind cluster with cert-manager, Knative Serving + Kourier, KServe
+# (Knative mode), Kubeflow Pipelines standalone and Katib, at the versions in e2e/versions.env.
+# The CI workflow runs exactly these targets, so `make kind-tools kind-up kind-e2e` reproduces it
+# on a laptop (Docker and about 4 CPUs / 16 GB free); `make kind-down` removes the cluster.
+KIND_CLUSTER ?= cfpb-e2e
+E2E_ENV = KIND_CLUSTER=$(KIND_CLUSTER) REGISTRY=$(REGISTRY) TAG=$(TAG) PYTHON=$(PYTHON) \
+	RUN=$(CURDIR)/$(RUN) RUN_SDK=$(CURDIR)/$(RUN_SDK)
+
+.PHONY: kind-tools kind-up kind-e2e kind-logs kind-down kind-ci-disk
+
+kind-tools:  ## pinned kind and kubectl into local_runs/kind/bin (checksums verified)
+	$(E2E_ENV) e2e/install-tools.sh
+
+kind-up:  ## kind cluster: cert-manager, Knative+Kourier, KServe, KFP, Katib (e2e/versions.env)
+	$(E2E_ENV) e2e/kind-up.sh
+
+kind-e2e: $(VENV)/.synced $(VENV_SDK)/.synced build-images  ## pipeline on the kind cluster: run, registry, ISVC, shift fails
+	$(E2E_ENV) e2e/kind-e2e.sh
+
+kind-logs:  ## pods, InferenceServices, workflows and runs of the kind cluster -> local_runs/kind/logs
+	$(E2E_ENV) e2e/collect-logs.sh
+
+kind-down:  ## delete the kind cluster
+	$(E2E_ENV) e2e/kind-down.sh
+
+kind-ci-disk:  ## (GitHub runners only) free disk for the kind run
+	$(E2E_ENV) e2e/ci-free-disk.sh
+# ==== end of kind end-to-end ===================================================================
