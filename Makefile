@@ -19,7 +19,7 @@ SAMPLE := $(LOCAL)/data/complaints-$(ROWS)-$(SEED).csv
 .PHONY: uv help venv test test-runtime test-sdk lint compile run-local run-steps serve bench bench-model bench-tune bench-pipeline clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"

@@ -43,8 +43,10 @@ NOT_CACHED = ("ingest", "tune", "push", "deploy")
 # themselves in both; the packages differ only in the conditions (tests/test_pipeline.py).
 GATES = ("conditions", "in-step")
 
-# Where the steps find MinIO on a cluster: KFP's own MinIO and its credentials Secret by default.
-S3_ENDPOINT_URL = "http://minio-service.kubeflow:9000"
+# Where the steps find the object store on a cluster: KFP's own and its credentials Secret by
+# default. KFP >= 2.16 serves SeaweedFS there (port 9000 kept for S3 clients); KFP <= 2.15 had
+# MinIO at http://minio-service.kubeflow:9000 (`pipeline.py --s3-endpoint-url` for those).
+S3_ENDPOINT_URL = "http://seaweedfs.kubeflow:9000"
 S3_SECRET = "mlpipeline-minio-artifact"
 S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 
