@@ -28,9 +28,15 @@ def _scatter(name: str, trials: list[dict], best: dict, objective: str) -> str:
                label="best")
     if categorical:
         ax.set_xticks(range(len(order)), order, fontsize=8)
+    elif min(xs) > 0 and max(xs) / min(xs) > 20:  # a log-uniform range, e.g. learning_rate
+        ax.set_xscale("log")
     ax.set(xlabel=name, ylabel=objective)
     ax.legend(fontsize=8, frameon=False)
     return img(fig, f"{objective} against {name}")
+
+
+def _shown(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def write_report(path: str, result: dict) -> None:
@@ -45,7 +51,7 @@ def write_report(path: str, result: dict) -> None:
             f" search, {e(result['goal'])} {e(objective)}. Best: <b>{e(best['name'])}</b>, "
             f"{e(objective)} = {n(best['objective'])}.</p>")
         body.append("<h2>Best hyperparameters</h2><table>" + "".join(
-            f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>"
+            f"<tr><td>{e(k)}</td><td>{e(_shown(v))}</td></tr>"
             for k, v in sorted(result["best_hparams"].items())) + "</table>")
         names = sorted({k for t in trials for k in t["parameters"]})
         plots = [_scatter(name, trials, best, objective) for name in names]
@@ -55,7 +61,7 @@ def write_report(path: str, result: dict) -> None:
         rows = []
         for t in trials:
             mark = " class='ok'" if t["name"] == best["name"] else ""
-            cells = "".join(f"<td>{e(t['parameters'].get(k, ''))}</td>" for k in names)
+            cells = "".join(f"<td>{e(_shown(t['parameters'].get(k, '')))}</td>" for k in names)
             rows.append(f"<tr><td{mark}>{e(t['name'])}</td><td>{e(t['status'])}</td>"
                         f"<td class='num'>{n(t['objective'])}</td>{cells}"
                         f"<td class='num'>{n(t['seconds'], '.1f')}</td>"
