@@ -163,3 +163,12 @@ def test_resources_are_overridable_at_compile_time(tmp_path):
     assert pipeline.main(["--compile", "--resources", str(overrides), "--output",
                           str(tmp_path / "q.yaml")]) == 2
     assert not (tmp_path / "q.yaml").exists()
+
+
+def test_no_task_retries_at_the_kfp_level(compiled):
+    """KFP's retry policy retries any non-zero exit, bad input (exit 2) included; the steps
+    retry transient S3 and Kubernetes failures themselves (tests/test_storage.py,
+    tests/test_deploy.py), so the package must not add a second, blind retry."""
+    spec = list(yaml.safe_load_all(compiled.read_text()))[0]
+    for name, (task, _conditions) in all_tasks(spec).items():
+        assert "retryPolicy" not in task, name
