@@ -100,7 +100,7 @@ def test_extras_per_image_are_in_the_lock():
     project = next(p for p in lock["package"] if p["name"] == pyproject["project"]["name"])
     locked = {p["name"] for p in lock["package"]}
     used = {i.extra for i in build_facts.IMAGES}
-    assert used == {"ingest", "validate", "model", "push", "deploy", "serve"}
+    assert used == {"ingest", "validate", "model", "tune", "push", "deploy", "serve"}
     for spec in build_facts.IMAGES:
         assert spec.extra in extras and spec.extra in project["optional-dependencies"]
         assert set(spec.prune) <= locked, f"{spec.name}: prunes packages not in uv.lock"
