@@ -281,3 +281,47 @@ def test_push_to_an_s3_registry(tmp_path, outputs, cli, s3_bucket):
     result, output = run_push(cli, tmp_path, unblessed_train, unblessed_eval, root)
     assert result.returncode == 0 and output["parameterValues"]["pushed"] is False
     assert registry.read_index(root, NAME) == before
+
+
+def test_a_stale_blessing_is_not_published(tmp_path, outputs, cli):
+    """A and B both beat v1; A becomes v2; B was never compared with v2 and is refused."""
+    root = tmp_path / "registry"
+    first_train, first_eval, first = outputs()
+    push(str(first_train), str(first_eval), str(root), NAME)
+    baseline = {"version": 1, "model_id": first["model_id"], "uri": f"{root}/{NAME}/1"}
+    a_train, a_eval, _ = outputs(baseline=baseline, weight=0.8, dataset_version="ds-2")
+    b_train, b_eval, b = outputs(baseline=baseline, weight=0.6, dataset_version="ds-3")
+    assert push(str(a_train), str(a_eval), str(root), NAME)["version"] == 2
+    before = tree(root)
+    result, output = run_push(cli, tmp_path, b_train, b_eval, root)
+    assert result.returncode == 2 and output is None
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: push: ") and "evaluated against version 1" in last
+    assert "current version is 2" in last and "evaluate it against version 2 again" in last
+    assert tree(root) == before  # nothing written
+
+
+def test_concurrent_pushes_of_stale_blessings_publish_one(tmp_path, outputs):
+    """Two pushes evaluated against v1 at the same time: the registry lock lets one through."""
+    import concurrent.futures
+
+    root = tmp_path / "registry"
+    first_train, first_eval, first = outputs()
+    push(str(first_train), str(first_eval), str(root), NAME)
+    baseline = {"version": 1, "model_id": first["model_id"], "uri": f"{root}/{NAME}/1"}
+    pairs = [outputs(baseline=baseline, weight=w, dataset_version=f"ds-{w}")
+             for w in (0.7, 0.9)]
+    code = ("import sys; from components.push.push import push; "
+            "push(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])")
+
+    def run(pair):
+        return subprocess.run([sys.executable, "-c", code, str(pair[0]), str(pair[1]),
+                               str(root), NAME], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, pairs))
+    assert sorted(r.returncode == 0 for r in results) == [False, True]
+    assert "the blessing is stale" in next(r for r in results if r.returncode).stderr
+    index = registry.read_index(str(root), NAME)
+    assert [e["version"] for e in index["versions"]] == [1, 2] and index["current"] == 2

@@ -38,16 +38,51 @@ def setup_logging() -> None:
     )
 
 
+EXIT_UNEXPECTED = 1
+MAX_MESSAGE = 500
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE] + " ..."
+
+
+class Terminated(BaseException):
+    """SIGTERM (Kubernetes stopping the pod, kill): unwinds like Ctrl-C, so staged outputs are
+    removed by their `finally` blocks instead of left half-written."""
+
+
+def _terminate(signum, _frame):
+    raise Terminated(signum)
+
+
 def run_step(name: str, main: Callable[[Sequence[str] | None], int | None],
              argv: Sequence[str] | None = None) -> int:
-    """Run a step's main and turn a StepError into `error: <one line>` and exit code 2."""
+    """Run a step's main; whatever happens the step ends with at most one line on stderr.
+
+    StepError (a problem a person must fix): `error: <step>: <what and where>`, exit 2.
+    Anything unexpected: `error: <step>: <type>: <message>`, exit 1, the traceback in the log
+    at debug level (LOG_LEVEL=DEBUG). SIGTERM/SIGINT: outputs cleaned up, exit 143/130.
+    """
+    import logging
+    import signal
+
     setup_logging()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(main(argv) or 0)
     except StepError as exc:
-        message = " ".join(str(exc).split())
-        print(f"error: {name}: {message}", file=sys.stderr)
+        print(f"error: {name}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = exc.args[0] if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"error: {name}: stopped by {signal.Signals(signum).name}; nothing was "
+              "published", file=sys.stderr)
+        return 128 + signum
+    except Exception as exc:
+        logging.getLogger(f"components.{name}").debug("unexpected failure", exc_info=True)
+        print(f"error: {name}: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 def parse_bool(value: str | bool) -> bool:

@@ -55,7 +55,7 @@ def parse_hparams(text: str | None) -> dict:
         "epochs": lambda v: isinstance(v, int) and v > 0,
         "batch_size": lambda v: isinstance(v, int) and v > 0,
         "early_stopping_patience": lambda v: isinstance(v, int) and v >= 0,
-        "seed": lambda v: isinstance(v, int),
+        "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
     }
     for key, ok in checks.items():
         if not ok(hparams[key]):

@@ -76,6 +76,9 @@ def _normalize_root(registry: str) -> str:
     if storage.is_s3(registry):
         storage.split_s3(registry)  # needs a bucket
         return registry.rstrip("/")
+    if os.path.isfile(registry):
+        raise StepError(f"{registry}: is a file; the registry is a directory (or "
+                        "s3://bucket/prefix)")
     return os.path.abspath(registry)
 
 
@@ -274,8 +277,11 @@ def _clean_staging(base: str) -> None:
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
+UNCHECKED = object()
+
+
 def publish(registry: str, model_name: str, model_dir: str,
-            lineage: Mapping[str, Any]) -> Published:
+            lineage: Mapping[str, Any], *, evaluated_against=UNCHECKED) -> Published:
     """Publish the SavedModel in `model_dir` as the next version of `model_name`; current = it.
 
     `lineage` holds what is known about the model: at least `model_id` (== `model_id_of(
@@ -284,6 +290,11 @@ def publish(registry: str, model_name: str, model_dir: str,
     against the current version), pushed_at, blessed and uri, writes it to lineage/<N>.json and
     its INDEX_FIELDS to the index. A model_id that is already a version is not published again:
     the existing version comes back with created=False.
+
+    `evaluated_against`: the current version the model was compared with (None: none). When
+    the registry's current version is another one now (another push came first), the blessing
+    is stale and nothing is published: checked under the lock (local registries), so two
+    concurrent pushes cannot both pass it.
     """
     check_model_name(model_name)
     if not os.path.isfile(os.path.join(model_dir, SAVED_MODEL_FILE)):
@@ -300,13 +311,16 @@ def publish(registry: str, model_name: str, model_dir: str,
         )
     base = model_uri(registry, model_name)
     if storage.is_s3(base):
-        return _publish(registry, model_name, model_dir, dict(lineage), _upload_version)
+        return _publish(registry, model_name, model_dir, dict(lineage), _upload_version,
+                        evaluated_against)
     with _local_lock(base):
         _clean_staging(base)
-        return _publish(registry, model_name, model_dir, dict(lineage), _rename_version)
+        return _publish(registry, model_name, model_dir, dict(lineage), _rename_version,
+                        evaluated_against)
 
 
-def _publish(registry: str, model_name: str, model_dir: str, lineage: dict, place) -> Published:
+def _publish(registry: str, model_name: str, model_dir: str, lineage: dict, place,
+             evaluated_against=UNCHECKED) -> Published:
     index = read_index(registry, model_name)
     existing = find_version(index, model_id=lineage["model_id"])
     if existing is not None:
@@ -314,6 +328,14 @@ def _publish(registry: str, model_name: str, model_dir: str, lineage: dict, plac
                  lineage["model_id"], model_name, existing["version"], existing.get("semver"))
         return Published(existing["version"], existing.get("semver", ""), existing["uri"],
                          existing["model_id"], False, existing)
+    current = index.get("current")
+    if evaluated_against is not UNCHECKED and evaluated_against != current:
+        compared = (f"version {evaluated_against}" if evaluated_against is not None
+                    else "no baseline")
+        raise StepError(
+            f"{model_uri(registry, model_name)}: model {lineage['model_id']} was evaluated "
+            f"against {compared}, but the registry's current version is {current} now (pushed "
+            f"since): the blessing is stale; evaluate it against version {current} again")
     listed = {entry["version"] for entry in index["versions"]}
     orphans = existing_version_numbers(registry, model_name) - listed
     if orphans:

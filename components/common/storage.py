@@ -59,7 +59,8 @@ def _client(endpoint_url: str, access_key: str | None, secret_key: str | None, r
 
     parsed = urlparse(endpoint_url if "://" in endpoint_url else f"http://{endpoint_url}")
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=30, read=300),
+        # an endpoint that accepts the connection and never answers fails, it does not hang
+        timeout=urllib3.Timeout(connect=10, read=60),
         maxsize=10,
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
@@ -125,6 +126,9 @@ def open_read(uri: str) -> Iterator[BinaryIO]:
             raise StepError(f"{uri}: file not found") from exc
         except IsADirectoryError as exc:
             raise StepError(f"{uri}: is a directory, expected a file") from exc
+        except PermissionError as exc:
+            raise StepError(f"{uri}: permission denied: this user (uid {os.getuid()}) cannot "
+                            "read it") from exc
         return
     from minio.error import S3Error
 
@@ -162,9 +166,19 @@ def write_stream(uri: str, stream: BinaryIO) -> None:
             raise _s3_error(uri, exc) from exc
         return
     directory = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    except PermissionError as exc:
+        raise StepError(f"{uri}: permission denied: this user (uid {os.getuid()}) cannot write "
+                        f"in {directory}") from exc
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise StepError(f"{uri}: cannot write it: a part of {directory} is a file, not a "
+                        "directory") from exc
+    try:
+        # mkstemp makes 0600; a published file is readable by the model server or a step
+        # running under another uid, as any file this user writes (the umask decides).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(stream, out, PART_SIZE)
         os.replace(tmp, uri)
@@ -172,6 +186,13 @@ def write_stream(uri: str, stream: BinaryIO) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -266,6 +266,11 @@ class ExampleWriterProcess:
         raise RuntimeError(f"ingest writer process failed: {result.get('error')}")
 
     def abort(self) -> None:
+        """Stop the writer at once (an error or SIGTERM in the parent). Batches still queued
+        are dropped: without cancel_join_thread, interpreter exit would wait for the queue's
+        feeder thread to push them into a pipe nobody reads any more, forever."""
+        self._batches.cancel_join_thread()
+        self._results.cancel_join_thread()
         if self._process.is_alive():
             self._process.kill()
         self._process.join()

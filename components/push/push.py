@@ -52,7 +52,6 @@ def push(model_dir: str, evaluation_dir: str, registry_uri: str, model_name: str
 
     saved_model = model_artifact.saved_model_dir(model_dir)
     baseline = blessing.get("baseline") if isinstance(blessing.get("baseline"), dict) else None
-    _warn_if_baseline_moved(registry_uri, model_name, baseline)
     lineage = {
         "model_id": model_id,
         "signature_hash": training["signature_hash"],
@@ -74,7 +73,8 @@ def push(model_dir: str, evaluation_dir: str, registry_uri: str, model_name: str
         "source": {"model": os.path.abspath(model_dir),
                    "evaluation": os.path.abspath(evaluation_dir)},
     }
-    published = registry.publish(registry_uri, model_name, saved_model, lineage)
+    published = registry.publish(registry_uri, model_name, saved_model, lineage,
+                                 evaluated_against=(baseline or {}).get("version"))
     return {
         **result,
         "pushed": True,
@@ -83,15 +83,6 @@ def push(model_dir: str, evaluation_dir: str, registry_uri: str, model_name: str
         "semver": published.semver,
         "uri": published.uri,
     }
-
-
-def _warn_if_baseline_moved(registry_uri: str, model_name: str, baseline: dict | None) -> None:
-    """The model beat the baseline it was evaluated against; say so if current moved since."""
-    current = registry.read_index(registry_uri, model_name).get("current")
-    evaluated = (baseline or {}).get("version")
-    if current is not None and evaluated != current:
-        log.warning("model was evaluated against baseline version %s, but the registry's "
-                    "current version is now %s", evaluated, current)
 
 
 def write_result(path: str, result: dict) -> None:
