@@ -596,3 +596,17 @@ def test_dry_run_of_a_first_deployment_shows_the_object_to_create(registry_root,
     local = dry_run(registry_root, NAME, 2, "canary")
     assert local["record"]["traffic"] == {"2": 100} and "versions: 2" in local["model_config"]
     assert not (Path(registry_root) / NAME / "deployment.json").exists()
+
+
+def test_kserve_without_a_cluster_writes_nothing(registry_root, tmp_path, cli):
+    """The cluster is asked first: no Kubernetes configuration is one line, and no serving
+    view was copied into the registry before finding that out."""
+    before = sorted(p.relative_to(registry_root) for p in Path(registry_root).rglob("*"))
+    result = cli(MODULE, "--registry", registry_root, "--model-name", NAME, "--version", "2",
+                 "--strategy", "canary", "--target", "kserve", "--namespace", NS,
+                 env={"KUBECONFIG": str(tmp_path / "no-such-kubeconfig"),
+                      "KUBERNETES_SERVICE_HOST": ""})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert "no Kubernetes configuration" in errors[0]
+    assert sorted(p.relative_to(registry_root) for p in Path(registry_root).rglob("*")) == before
