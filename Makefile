@@ -93,6 +93,21 @@ run-local: $(VENV_SDK)/.synced build-images $(SAMPLE)  ## whole pipeline locally
 	$(RUN_SDK) pipeline.py --run local --source $(SAMPLE) --workdir $(LOCAL) \
 	  --image-registry $(REGISTRY) --image-tag $(TAG) $(RUN_ARGS)
 
+# Closing the loop (README "Closing the loop"). watch: every new CSV under local_runs/incoming/
+# (or the feedback step's newly labelled data in local_runs/store/incoming/) starts one local
+# run, once (components/trigger); Ctrl-C stops it. demo-loop: run, serve, replay traffic with
+# labels, feedback, trigger, second run, timed (bench/bench_loop.py, in local_runs/demo-loop/).
+.PHONY: watch demo-loop
+watch: $(VENV)/.synced $(VENV_SDK)/.synced build-images  ## new data in local_runs/incoming starts a local run
+	mkdir -p $(LOCAL)/incoming $(LOCAL)/store
+	$(RUN) -m components.trigger --source $(LOCAL)/incoming --store $(LOCAL)/store --run local \
+	  --local-command "$(RUN_SDK) pipeline.py --run local --image-registry $(REGISTRY) --image-tag $(TAG) $(RUN_ARGS)" \
+	  $(WATCH_ARGS)
+
+demo-loop: $(VENV)/.synced $(VENV_SDK)/.synced build-images  ## the feedback loop end to end: run, serve, traffic, feedback, trigger, run
+	$(RUN) bench/bench_loop.py --workdir $(LOCAL)/demo-loop --image-registry $(REGISTRY) \
+	  --image-tag $(TAG) $(DEMO_ARGS)
+
 # The same steps as plain processes in .venv, for machines without Docker.
 MODEL_NAME ?= cfpb-disputes
 HPARAMS ?= {}
@@ -123,6 +138,15 @@ bench-model: $(VENV)/.synced  ## training figures on 100,000 rows, AUC vs a TF-I
 
 bench-tune: $(VENV)/.synced  ## tuning figures: 8 trials on 20,000 rows, 1 vs 2 in parallel
 	$(RUN) bench/bench_tune.py
+
+# ROWS from the command line (make bench-scale ROWS="31000 310000 3100000"); else 31k and 310k.
+.PHONY: bench-scale
+bench-scale: $(VENV)/.synced  ## per-step time, rows/s, peak memory at several row counts; image sizes
+	$(RUN) bench/bench_scale.py --rows $(if $(filter file,$(origin ROWS)),31000 310000,$(ROWS)) 	  $(SCALE_ARGS)
+
+.PHONY: bench-calibration
+bench-calibration: $(VENV)/.synced  ## calibration figures: ECE/AUC before and after, thresholds per policy
+	$(RUN) bench/bench_calibration.py
 
 bench-pipeline: $(VENV_SDK)/.synced build-images  ## local container run at 20,000 and 200,000 rows
 	$(RUN_SDK) bench/bench_local_pipeline.py

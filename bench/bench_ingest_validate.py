@@ -8,7 +8,8 @@ What it measures, each step in its own child process (as the pipeline runs them)
   * ingest: the real CLI (`python -m components.ingest`), wall time and peak memory;
     csv baseline and ingest run --repeat times, in turns, and the fastest of each counts;
   * tf import: `python -c "import tensorflow"`, the start-up any step importing TF pays;
-  * validate: the real CLI, with BEAM_DIRECT_NUM_WORKERS=1 and, with `--workers N`, N too.
+  * validate: the real CLI in one process and, with `--workers N`, with N Beam worker
+    processes too (`--beam-pipeline-args`).
 The generated CSV is kept under the workdir and reused when rows and seed match; step outputs
 are deleted at the end unless `--keep`. The table goes to stdout and, as JSON, to
 `<workdir>/bench_ingest_validate.json`. Linux only (it reads /proc and wait4's rusage).
@@ -96,12 +97,15 @@ def ingest(path: str, output: str, logs: str, attempt: int) -> tuple[Run, dict]:
 
 
 def validate(examples: str, output: str, logs: str, workers: int) -> tuple[Run, dict]:
-    """The validate CLI with `workers` Beam DirectRunner workers; returns run and summary."""
+    """The validate CLI with `workers` Beam worker processes (one: in process); returns run
+    and summary."""
+    beam = [] if workers == 1 else [
+        "--beam-pipeline-args",
+        f"--direct_num_workers={workers} --direct_running_mode=multi_processing"]
     run = checked(measure(f"validate (workers={workers})",
                           [PYTHON, "-m", "components.validate", "--examples", examples,
-                           "--output", output],
-                          os.path.join(logs, f"validate-w{workers}.log"),
-                          env={"BEAM_DIRECT_NUM_WORKERS": str(workers)}))
+                           "--output", output, *beam],
+                          os.path.join(logs, f"validate-w{workers}.log")))
     return run, documents.read_json(os.path.join(output, SUMMARY_FILE), SUMMARY_FILE, "validate")
 
 

@@ -78,11 +78,22 @@ def wait_final(host: str, name: str, timeout_seconds: float, poll_seconds: float
 
 
 def pipeline_tasks(package: dict) -> dict[str, dict]:
-    """The root DAG's tasks of a compiled package: key -> {"name": display name, "after": set}."""
-    tasks = package["root"]["dag"]["tasks"]
-    return {key: {"name": (task.get("taskInfo") or {}).get("name", key),
-                  "after": set(task.get("dependentTasks") or [])}
-            for key, task in tasks.items()}
+    """Every task of a compiled package, conditions unfolded (the steps after ingest sit in the
+    `new-data` condition's sub-DAG): key -> {"name": display name, "after": set}. A task inside
+    a condition comes after the condition task and what that waits for."""
+    found: dict[str, dict] = {}
+    components = package.get("components") or {}
+
+    def walk(tasks: dict, inherited: set[str]) -> None:
+        for key, task in tasks.items():
+            after = set(task.get("dependentTasks") or []) | inherited
+            found[key] = {"name": (task.get("taskInfo") or {}).get("name", key), "after": after}
+            component = components.get((task.get("componentRef") or {}).get("name", ""), {})
+            if "dag" in component:
+                walk(component["dag"]["tasks"], after | {key})
+
+    walk(package["root"]["dag"]["tasks"], set())
+    return found
 
 
 def downstream(tasks: dict[str, dict], key: str) -> set[str]:

@@ -63,3 +63,4 @@ RUN python3 -m venv /opt/uv \
     && ln -s /opt/uv/bin/uv /usr/local/bin/uv \
     && uv --version
 COPY images/slim_venv.sh /usr/local/bin/slim-venv
+COPY images/strip_elf.py /usr/local/bin/strip_elf.py

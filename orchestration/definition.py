@@ -37,11 +37,17 @@ RESOURCE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
 # input is outside the pipeline (ingest reads whatever is at the source URI now). The rest
 # cache on their inputs, content-addressed from ingest on (new data: a new examples artifact).
 NOT_CACHED = ("ingest", "tune", "push", "deploy")
-# How push and deploy are skipped when there is nothing to do: `conditions` (the cluster
-# package: dsl.If on blessed / pushed, shown as skipped in the UI) or `in-step` (kfp.local
-# cannot run conditions: the steps gate themselves and record "skipped"). The steps gate
-# themselves in both; the packages differ only in the conditions (tests/test_pipeline.py).
+# How steps are skipped when there is nothing to do: `conditions` (the cluster package: dsl.If
+# on ingest's new_data, then on blessed / pushed, shown as skipped in the UI) or `in-step`
+# (kfp.local cannot run conditions on task outputs: the steps gate themselves and record
+# "skipped"). The steps gate themselves in both; the packages differ only in the conditions
+# (tests/test_pipeline.py).
 GATES = ("conditions", "in-step")
+# Every task after ingest runs through the no-new-data gate (components/common/gate.py): it
+# gets ingest's new_data and, without new data, reports its outputs as skipped instead of
+# running. These are the values its output parameters take then, by type.
+SKIP_VALUES = {"Boolean": False, "Integer": 0, "Float": 0.0, "String": ""}
+NEW_DATA = "new_data"
 
 # Where the steps find the object store on a cluster: KFP's own and its credentials Secret by
 # default. KFP >= 2.16 serves SeaweedFS there (port 9000 kept for S3 clients); KFP <= 2.15 had
@@ -58,12 +64,43 @@ def load_components(registry: str = build_facts.DEFAULT_REGISTRY,
     from kfp import components
 
     loaded = {}
-    for step in build_facts.pipeline_steps():
+    for step in build_facts.training_steps():
         spec = yaml.safe_load((build_facts.COMPONENTS / step / "component.yaml").read_text())
         spec["implementation"]["container"]["image"] = build_facts.image_name(step, registry,
                                                                                tag)
+        if step != "ingest":
+            spec = gated(spec)
         loaded[step] = components.load_component_from_text(yaml.safe_dump(spec, sort_keys=False))
     return loaded
+
+
+def gated(spec: dict) -> dict:
+    """The step's spec behind the no-new-data gate: one more input, `new_data`, and its command
+    run by `python -m components.common.gate` (the step's own command and arguments unchanged
+    after `--`)."""
+    import json
+
+    container = spec["implementation"]["container"]
+    skip = {o["name"]: SKIP_VALUES[o["type"]] for o in spec.get("outputs", [])
+            if o["type"] in SKIP_VALUES}
+    names = {i["name"] for i in spec.get("inputs", [])}
+    if NEW_DATA in names:
+        raise ValueError(f"{spec['name']}: already has an input named {NEW_DATA}")
+    return {
+        **spec,
+        "inputs": [*spec.get("inputs", []),
+                   {"name": NEW_DATA, "type": "Boolean",
+                    "description": "ingest's new_data: false skips the step (no new data)"}],
+        "implementation": {"container": {
+            **container,
+            "command": ["python", "-m", "components.common.gate"],
+            "args": ["--new-data", {"inputValue": NEW_DATA},
+                     "--skip-outputs", json.dumps(skip, sort_keys=True),
+                     "--", *container["command"], *container["args"]],
+        }},
+    }
+
+
 def resources_with(overrides: dict | None) -> dict[str, dict[str, str]]:
     """RESOURCES with a user's overrides (`{step: {cpu_limit: "4", ...}}`), checked."""
     merged = {step: dict(values) for step, values in RESOURCES.items()}
@@ -115,7 +152,8 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         description="New data in: ingest and version it, validate it (TFDV), fit the "
                     "preprocessing, tune (optional, Katib), train, analyse and bless the model "
                     "against the current one, publish it as a new registry version and deploy "
-                    "it as a canary.",
+                    "it as a canary. Data the store already has: every step after ingest is "
+                    "skipped (no new data).",
     )
     def training_pipeline(
         source: str,
@@ -144,55 +182,69 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
             store=data_store,
         ), "ingest")
         ingest.set_display_name("Ingest and version data")
-        validate = configured(steps["validate"](
-            examples=ingest.outputs["examples"], baseline_store=data_store, schema=schema,
-            dataset_config=dataset_config, fail_on_anomalies=fail_on_anomalies,
-        ), "validate")
-        validate.set_display_name("Validate data (TFDV)")
-        transform = configured(steps["transform"](
-            examples=ingest.outputs["examples"], dataset_config=dataset_config), "transform")
-        transform.set_display_name("Fit preprocessing")
-        transform.after(validate)  # anomalous data stops the run before any model work
-        tuning = configured(steps["tune"](
-            examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
-            search_space=search_space, hparams=hparams, enabled=tune, backend=tune_backend,
-            algorithm=tune_algorithm, max_trials=tune_max_trials,
-            parallel_trials=tune_parallel_trials, dataset_config=dataset_config,
-            trial_image=build_facts.image_name("train", image_registry, image_tag),
-            s3_secret=s3_secret or ""), "tune")
-        tuning.set_display_name("Tune hyperparameters (if tune)")
-        train = configured(steps["train"](
-            examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
-            hparams=tuning.outputs["best_hparams"], dataset_config=dataset_config), "train")
-        train.set_display_name("Train model")
-        evaluate = configured(steps["evaluate"](
-            model=train.outputs["model"], examples=ingest.outputs["examples"],
-            baseline_model=f"{registry}/{model_name}", thresholds=thresholds,
-            dataset_config=dataset_config), "evaluate")
-        evaluate.set_display_name("Analyse and bless model")
+        new_data = ingest.outputs[NEW_DATA]
 
-        def publish():
-            push = configured(steps["push"](
-                model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
-                registry=registry, model_name=model_name), "push")
-            push.set_display_name("Publish to model registry (if blessed)")
-            return push
+        def after_ingest():
+            """Everything after ingest; each task also gets new_data (the in-step gate)."""
+            validate = configured(steps["validate"](
+                examples=ingest.outputs["examples"], baseline_store=data_store, schema=schema,
+                dataset_config=dataset_config, fail_on_anomalies=fail_on_anomalies,
+                new_data=new_data,
+            ), "validate")
+            validate.set_display_name("Validate data (TFDV)")
+            transform = configured(steps["transform"](
+                examples=ingest.outputs["examples"], dataset_config=dataset_config,
+                new_data=new_data), "transform")
+            transform.set_display_name("Fit preprocessing")
+            transform.after(validate)  # anomalous data stops the run before any model work
+            tuning = configured(steps["tune"](
+                examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
+                search_space=search_space, hparams=hparams, enabled=tune, backend=tune_backend,
+                algorithm=tune_algorithm, max_trials=tune_max_trials,
+                parallel_trials=tune_parallel_trials, dataset_config=dataset_config,
+                trial_image=build_facts.image_name("train", image_registry, image_tag),
+                s3_secret=s3_secret or "", new_data=new_data), "tune")
+            tuning.set_display_name("Tune hyperparameters (if tune)")
+            train = configured(steps["train"](
+                examples=ingest.outputs["examples"], transform=transform.outputs["transform"],
+                hparams=tuning.outputs["best_hparams"], dataset_config=dataset_config,
+                new_data=new_data), "train")
+            train.set_display_name("Train model")
+            evaluate = configured(steps["evaluate"](
+                model=train.outputs["model"], examples=ingest.outputs["examples"],
+                baseline_model=f"{registry}/{model_name}", thresholds=thresholds,
+                dataset_config=dataset_config, new_data=new_data), "evaluate")
+            evaluate.set_display_name("Analyse and bless model")
 
-        def deploy(push):
-            task = configured(steps["deploy"](
-                registry=registry, model_name=model_name, version=push.outputs["model_version"],
-                pushed=push.outputs["pushed"], strategy="canary", canary_percent=canary_percent,
-                target=deploy_target, namespace=serving_namespace,
-                service_account=serving_account), "deploy")
-            task.set_display_name("Deploy as canary (if pushed)")
+            def publish():
+                push = configured(steps["push"](
+                    model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                    registry=registry, model_name=model_name, new_data=new_data), "push")
+                push.set_display_name("Publish to model registry (if blessed)")
+                return push
+
+            def deploy(push):
+                task = configured(steps["deploy"](
+                    registry=registry, model_name=model_name,
+                    version=push.outputs["model_version"], pushed=push.outputs["pushed"],
+                    strategy="canary", canary_percent=canary_percent, target=deploy_target,
+                    namespace=serving_namespace, service_account=serving_account,
+                    new_data=new_data), "deploy")
+                task.set_display_name("Deploy as canary (if pushed)")
+
+            if gates == "in-step":
+                deploy(publish())
+                return
+            with dsl.If(evaluate.outputs["blessed"] == True, name="blessed"):  # noqa: E712
+                push = publish()
+                with dsl.If(push.outputs["pushed"] == True, name="pushed"):  # noqa: E712
+                    deploy(push)
 
         if gates == "in-step":
-            deploy(publish())
+            after_ingest()
             return
-        with dsl.If(evaluate.outputs["blessed"] == True, name="blessed"):  # noqa: E712
-            push = publish()
-            with dsl.If(push.outputs["pushed"] == True, name="pushed"):  # noqa: E712
-                deploy(push)
+        with dsl.If(new_data == True, name="new-data"):  # noqa: E712
+            after_ingest()
 
     return training_pipeline
 

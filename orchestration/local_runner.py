@@ -4,6 +4,8 @@
 folder per run), the data store and the model registry, so runs remember: each run validates
 its data against the last clean data version in the store and evaluates its model against the
 registry's current version. The run ends with a summary for a person, also written as JSON.
+A run whose data the store already holds (ingest's `new_data` false) succeeds with every later
+step "skipped: no new data" (each skipped by the gate in its own container) and says so.
 """
 
 import datetime as dt
@@ -74,7 +76,7 @@ def missing_images(registry: str, tag: str) -> list[str]:
 
     client = docker.from_env()
     tags = {t for image in client.images.list() for t in image.tags}
-    return [name for step in build_facts.pipeline_steps()
+    return [name for step in build_facts.training_steps()
             if (name := build_facts.image_name(step, registry, tag)) not in tags]
 
 
@@ -93,9 +95,21 @@ def _outputs(task_dir: Path) -> tuple[dict, dict]:
     return artifacts, output.get("parameterValues") or {}
 
 
+SKIPPED_NO_NEW_DATA = "skipped: no new data"
+
+
+def _skipped(artifacts: dict) -> bool:
+    """The step's outputs were reported by the no-new-data gate (components/common/gate.py)."""
+    from components.common.gate import SKIPPED, SKIPPED_KEY
+
+    return bool(artifacts) and all((a.get("metadata") or {}).get(SKIPPED_KEY) == SKIPPED
+                                   for a in artifacts.values())
+
+
 def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None,
                   reason: str | None, registry: Path, model_name: str) -> dict:
-    names = build_facts.pipeline_steps()
+    names = build_facts.training_steps()
+    outputs = {step: _outputs(run_dir / step) if run_dir else ({}, {}) for step in names}
     steps = []
     for step in names:
         start = recorder.started.get(step)
@@ -107,20 +121,25 @@ def build_summary(run_dir: Path | None, recorder: RunWatcher, failed: str | None
             # kfp.local reports success when a fast-failing container is gone before it asks
             # for the exit code; a step that wrote no outputs did not succeed.
             status = "no outputs"
+        elif status == "success" and _skipped(outputs[step][0]):
+            status = SKIPPED_NO_NEW_DATA
         seconds = round(end - start, 1) if start and end else None
         steps.append({"name": step, "status": status, "seconds": seconds})
-    outputs = {step: _outputs(run_dir / step) if run_dir else ({}, {}) for step in names}
     artifacts = {step: outputs[step][0] for step in outputs}
     params = {step: outputs[step][1] for step in outputs}
     metrics = artifacts["evaluate"].get("metrics", {}).get("metadata", {})
     reports = {step: artifacts[step].get("report", {}).get("uri")
-               for step in ("validate", "evaluate") if artifacts[step].get("report")}
+               for step in ("validate", "evaluate")
+               if artifacts[step].get("report") and not _skipped(artifacts[step])}
+    new_data = params["ingest"].get("new_data")
     return {
         "run": str(run_dir) if run_dir else None,
-        "succeeded": failed is None and all(s["status"] == "success" for s in steps),
+        "succeeded": failed is None and all(s["status"] in ("success", SKIPPED_NO_NEW_DATA)
+                                            for s in steps),
         "failed_step": failed,
         "reason": reason,
         "steps": steps,
+        "new_data": new_data,
         "dataset_version": params["ingest"].get("dataset_version"),
         "anomalies_found": params["validate"].get("anomalies_found"),
         "metrics": {k: v for k, v in metrics.items()
@@ -142,6 +161,10 @@ def print_summary(summary: dict) -> None:
         print(f"  {step['name']:<10} {step['status']:<12} {seconds}")
     if summary["failed_step"]:
         print(f"  FAILED at {summary['failed_step']}: {summary['reason']}")
+    if summary.get("new_data") is False:
+        print(f"  no new data: {summary['dataset_version']} is already in the data store; "
+              "every step after ingest skipped itself")
+        return
     print(f"  dataset version:  {summary['dataset_version']}")
     print(f"  anomalies found:  {summary['anomalies_found']}")
     shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items()

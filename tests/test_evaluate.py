@@ -18,10 +18,11 @@ from sklearn import metrics as skm
 
 from components.common.artifacts.evaluation import BLESSING_FILE, METRICS_FILE, REPORT_FILE
 from components.common.artifacts.model import model_id_of as compute_model_id
+from components.common.artifacts.model import write_model_metadata
 from components.common.dataset_config import load_dataset_config
 from components.common.errors import StepError
 from components.evaluate import analysis, blessing
-from components.evaluate.evaluate import evaluate, resolve_baseline
+from components.evaluate.evaluate import evaluate, kfp_scalars, resolve_baseline
 from components.ingest.ingest import IngestOptions, ingest
 
 CONFIG = load_dataset_config()
@@ -77,8 +78,15 @@ def _log_odds_tables(examples_dir) -> tuple[dict[str, dict[str, float]], float]:
     return tables, prior
 
 
-def save_model(directory, tables=None, prior=0.0, noise=False) -> str:
-    """A SavedModel honouring the train step's contract, plus training.json beside it."""
+def save_model(directory, tables=None, prior=0.0, noise=False, threshold=None,
+               distortion=None, distorted_as_probability=False) -> str:
+    """A SavedModel honouring the train step's contract, plus training.json beside it.
+
+    `threshold`: the model's metadata records it (as train writes it). `distortion` (scale,
+    shift): a planted miscalibration sigmoid(scale * logit + shift) of the model's score,
+    answered as `raw_probability` beside the calibrated `probability` (as train exports), or,
+    with `distorted_as_probability`, as `probability` itself (an uncalibrated model).
+    """
     import tensorflow as tf
 
     weights = {"product": 2.0, "company_response": 0.5}
@@ -105,7 +113,12 @@ def save_model(directory, tables=None, prior=0.0, noise=False) -> str:
             angry = tf.strings.regex_full_match(text, r"(?s).*\b(ignored|lied|never|still)\b.*")
             calm = tf.strings.regex_full_match(text, r"(?s).*\b(thank|helpful|resolved)\b.*")
             logit += 0.5 * tf.cast(angry, tf.float32) - 0.5 * tf.cast(calm, tf.float32)
-            return {"probability": tf.sigmoid(logit)}
+            if distortion is None:
+                return {"probability": tf.sigmoid(logit)}
+            distorted = tf.sigmoid(distortion[0] * logit + distortion[1])
+            if distorted_as_probability:
+                return {"probability": distorted}
+            return {"probability": tf.sigmoid(logit), "raw_probability": distorted}
 
         @tf.function(input_signature=[{
             name: tf.TensorSpec([None], tf.string, name=name) for name in FEATURES}])
@@ -124,6 +137,10 @@ def save_model(directory, tables=None, prior=0.0, noise=False) -> str:
         "serving_default": module.serve.get_concrete_function(),
         "serving_tf_example": module.serve_examples.get_concrete_function(),
     })
+    if threshold is not None:
+        write_model_metadata(saved_model, {"decision_threshold": threshold,
+                                           "threshold_policy": "max_f1",
+                                           "calibration": "platt"})
     training = {"model_id": compute_model_id(saved_model), "signature_hash": "test",
                 "dataset_version": "ds-test", "preprocessing_hash": "test",
                 "hparams": {"noise": noise}, "metrics": {}, "code_version": "test",
@@ -499,6 +516,79 @@ def test_report_embeds_plots_and_slice_tables(first_run):
     assert "Mortgage" in report and "too small" in report
     assert "Fairness gaps" in report and "Feature dependence" in report
     assert "<script" not in report and 'src="http' not in report  # self-contained
+
+
+PLANTED = (1.3, 1.5)  # too sure and too high, as class weights make a network
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(examples, workdir):
+    """The good model's score as `probability`, a planted miscalibration of it as
+    `raw_probability`, and a decision threshold of its own."""
+    tables, prior = _log_odds_tables(examples)
+    return save_model(workdir / "calibrated", tables, prior, threshold=0.3, distortion=PLANTED)
+
+
+def test_threshold_comes_from_the_model_and_calibration_is_reported_before_and_after(
+        calibrated_model, examples, workdir):
+    out = workdir / "calibrated-run"
+    result = evaluate(calibrated_model, str(examples), str(out), CONFIG)
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert metrics["decision_threshold"] == 0.3 and metrics["decision_threshold_source"] == "model"
+    y, p = eval_predictions(calibrated_model, examples)
+    y_hat = (p >= 0.3).astype(int)
+    overall = metrics["overall"]
+    assert overall["decision_threshold"] == 0.3
+    assert overall["f1"] == pytest.approx(skm.f1_score(y, y_hat))
+    assert overall["predicted_positive_rate"] == pytest.approx(y_hat.mean())
+    assert overall["mean_probability"] == pytest.approx(p.mean())
+
+    before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
+    raw = 1 / (1 + np.exp(-(PLANTED[0] * np.log(p / (1 - p)) + PLANTED[1])))
+    assert before["ece"] == pytest.approx(analysis.calibration(y, raw)["ece"], abs=1e-4)
+    assert before["brier"] == pytest.approx(skm.brier_score_loss(y, raw), abs=1e-5)
+    assert before["decision_threshold"] == CONFIG.evaluation.decision_threshold.value
+    assert before["predicted_positive_rate"] == pytest.approx(np.mean(raw >= 0.5), abs=0.01)
+    assert after["ece"] == overall["ece"] and after["brier"] == overall["brier"]
+    assert before["ece"] > 0.15 > after["ece"] and before["brier"] > after["brier"]
+    assert after["positive_rate"] == before["positive_rate"] == pytest.approx(y.mean())
+    assert before["mean_probability"] > y.mean() + 0.15
+    assert before["auc"] == pytest.approx(after["auc"], abs=1e-4)  # monotonic: same ranking
+    scalars = kfp_scalars(result["metrics"])
+    assert scalars["raw_ece"] == before["ece"] and scalars["ece"] == after["ece"]
+    assert scalars["decision_threshold"] == 0.3
+
+    report = (out / REPORT_FILE).read_text()
+    assert "<h2>Calibration</h2>" in report and "before calibration" in report
+    assert "decision threshold 0.3 (model)" in report
+    assert report.count('src="data:image/png;base64,') == 6  # both curves in one plot
+
+
+def test_ece_blessing_judges_the_calibrated_probability(calibrated_model, examples, workdir,
+                                                        tmp_path):
+    """`thresholds: {ece: ...}` is a maximum on `probability`: a model that serves calibrated
+    probabilities passes where the same scores uncalibrated fail."""
+    tables, prior = _log_odds_tables(examples)
+    uncalibrated = save_model(tmp_path / "uncalibrated", tables, prior, distortion=PLANTED,
+                              distorted_as_probability=True)
+    rules = tmp_path / "thresholds.yaml"
+    rules.write_text("thresholds: {auc: 0.6, ece: 0.1}\n")
+    decisions = {}
+    for name, model in (("calibrated", calibrated_model), ("uncalibrated", uncalibrated)):
+        evaluate(model, str(examples), str(tmp_path / f"{name}-evaluation"), CONFIG,
+                 thresholds_path=str(rules))
+        decisions[name] = json.loads((tmp_path / f"{name}-evaluation" / BLESSING_FILE)
+                                     .read_text())
+    ece = {name: next(r for r in d["reasons"] if r["metric"] == "ece")
+           for name, d in decisions.items()}
+    assert decisions["calibrated"]["blessed"] is True and ece["calibrated"]["value"] < 0.1
+    assert decisions["uncalibrated"]["blessed"] is False
+    assert ece["uncalibrated"]["check"] == "ece <= 0.1" and ece["uncalibrated"]["value"] > 0.15
+    # An older model (no metadata, no raw output): the config's value, no before/after.
+    metrics = json.loads((tmp_path / "uncalibrated-evaluation" / METRICS_FILE).read_text())
+    assert metrics["decision_threshold"] == CONFIG.evaluation.decision_threshold.value
+    assert metrics["decision_threshold_source"].startswith("config")
+    assert metrics["calibration"] is None
 
 
 # ------------------------------------------------------------------------------------------

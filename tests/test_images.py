@@ -100,7 +100,8 @@ def test_extras_per_image_are_in_the_lock():
     project = next(p for p in lock["package"] if p["name"] == pyproject["project"]["name"])
     locked = {p["name"] for p in lock["package"]}
     used = {i.extra for i in build_facts.IMAGES}
-    assert used == {"ingest", "validate", "model", "tune", "push", "deploy", "serve"}
+    assert used == {"ingest", "validate", "model", "tune", "push", "deploy", "feedback", "serve",
+                    "trigger"}
     for spec in build_facts.IMAGES:
         assert spec.extra in extras and spec.extra in project["optional-dependencies"]
         assert set(spec.prune) <= locked, f"{spec.name}: prunes packages not in uv.lock"
@@ -109,8 +110,31 @@ def test_extras_per_image_are_in_the_lock():
     # the TensorFlow-family extras cannot share an environment with the SDK (protobuf 4 vs 6)
     conflicts = [{item["extra"] for item in group}
                  for group in pyproject["tool"]["uv"]["conflicts"]]
-    for extra in ("runtime", "ingest", "validate", "model"):
+    for extra in ("runtime", "ingest", "validate", "model", "feedback"):
         assert {extra, "sdk"} in conflicts
+        assert {extra, "trigger"} in conflicts  # kfp.Client: protobuf 6
+
+
+def test_tensorflow_is_the_cpu_wheel_on_linux_x86_64():
+    """Every extra with TensorFlow gets tensorflow-cpu on Linux x86-64 (the images); the
+    `tensorflow` that TFDV, tfx-bsl and tensorflow-serving-api declare is overridden away there,
+    so one lock holds both and no environment installs both."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    linux = "sys_platform == 'linux' and platform_machine == 'x86_64'"
+    for extra, requirements in pyproject["project"]["optional-dependencies"].items():
+        if "tensorflow==2.16.2" in requirements:
+            assert f"tensorflow-cpu==2.16.2; {linux}" in requirements, extra
+    assert pyproject["tool"]["uv"]["override-dependencies"] == [
+        "tensorflow==2.16.2; sys_platform != 'linux' or platform_machine != 'x86_64'"]
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert {"name": "tensorflow", "marker": "platform_machine != 'x86_64' or sys_platform != "
+            "'linux'", "specifier": "==2.16.2"} in lock["manifest"]["overrides"]
+    for name in ("tensorflow-data-validation", "tfx-bsl", "tensorflow-serving-api"):
+        package = next(p for p in lock["package"] if p["name"] == name)
+        (tf,) = [d for d in package["dependencies"] if d["name"] == "tensorflow"]
+        assert tf["marker"] == "platform_machine != 'x86_64' or sys_platform != 'linux'"
 
 
 def test_make_and_the_pipeline_use_the_same_names():
@@ -132,7 +156,7 @@ def test_build_facts_answer_make_and_scripts():
     assert facts("images").stdout.split() == list(BUILT)
     assert facts("steps").stdout.split() == list(STEPS)
     assert facts("tag").stdout.strip() == build_facts.image_tag()
-    assert facts("image-args", "train").stdout.split() == ["model", "libclang"]
+    assert facts("image-args", "train").stdout.split() == ["model", *build_facts.TF_UNUSED]
     missing = facts("image-args", "nope")
     assert missing.returncode == 2 and missing.stderr.startswith("error: build_facts: ")
 
@@ -221,15 +245,28 @@ wanted = sys.argv[1].split(",")
 absent = sys.argv[2].split(",") if len(sys.argv) > 2 and sys.argv[2] else []
 for name in wanted:
     importlib.import_module(name)
-print(json.dumps({name: importlib.util.find_spec(name) is not None for name in absent}))
+def found(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent package is absent too
+        return False
+print(json.dumps({name: found(name) for name in absent}))
 """
 NEEDS = {
     "ingest": ("tfx_bsl.coders.example_coder,pyarrow,numpy,google_crc32c,yaml,minio",
-               "tensorflow,apache_beam,pandas"),
+               "tensorflow,apache_beam,pandas,pyarrow.flight"),
     "validate": ("tensorflow_data_validation,tensorflow_metadata.proto.v0.schema_pb2,tfx_bsl,"
-                 "apache_beam.options.pipeline_options,dill,minio,yaml,tensorflow", ""),
-    "transform": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam"),
-    "train": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam"),
+                 "apache_beam.options.pipeline_options,dill,minio,yaml,tensorflow,"
+                 "matplotlib.figure,pandas",
+                 # apache-beam[gcp]'s Google Cloud IO, TensorBoard: pruned (build_facts.py)
+                 "google.cloud.bigquery,google.cloud.aiplatform,google.cloud.storage,apitools,"
+                 "tensorboard,tensorboard_data_server,tensorflow_io_gcs_filesystem,"
+                 "pyarrow.flight"),
+    "transform": ("tensorflow,keras,minio,yaml", "tensorflow_data_validation,apache_beam,"
+                  "tensorboard_data_server,tensorflow_io_gcs_filesystem"),
+    "train": ("tensorflow,keras,tensorboard.summary.v2,minio,yaml",
+              "tensorflow_data_validation,apache_beam,tensorboard_data_server,"
+              "tensorflow_io_gcs_filesystem"),
     "tune": ("optuna,kubeflow.katib,kubernetes.client,tensorflow,keras,sklearn.gaussian_process,"
              "matplotlib.figure,minio,yaml,components.tune.katib",
              "tensorflow_data_validation,apache_beam,torch"),
@@ -239,7 +276,12 @@ NEEDS = {
     "deploy": ("kubernetes.client,minio,yaml,components.common.artifacts.deployment",
                "tensorflow,keras"),
     "serve": ("tensorflow,tensorflow_serving.apis.prediction_service_pb2_grpc,grpc,minio,yaml",
-              "tensorflow_data_validation,apache_beam,sklearn"),
+              "tensorflow_data_validation,apache_beam,sklearn,tensorboard,"
+              "tensorflow_io_gcs_filesystem"),
+    "feedback": ("tensorflow_data_validation,apache_beam.options.pipeline_options,pyarrow,numpy,"
+                 "matplotlib.figure,minio,yaml,components.feedback.feedback", "sklearn,kfp"),
+    "trigger": ("kfp,kfp_server_api,minio,yaml,components.trigger.runners",
+                "tensorflow,tensorflow_data_validation,numpy"),
 }
 
 
@@ -301,3 +343,70 @@ def test_ingest_then_validate_in_their_images(built, tmp_path):
     summary = json.loads((work / "validation" / "summary.json").read_text())
     assert summary
     assert (work / "validation" / "report.html").is_file()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("step", TENSORFLOW_STEPS + ("serve",))
+def test_tensorflow_images_carry_the_cpu_wheel_stripped(built, step):
+    """tensorflow-cpu, not tensorflow, and its main library stripped (582 MB as the wheel
+    installs it, 421 MB without debug information and local symbols)."""
+    probe = ("import importlib.metadata as m, os, tensorflow as tf\n"
+             "names = {d.metadata['Name'] for d in m.distributions()}\n"
+             "lib = os.path.join(os.path.dirname(tf.__file__), 'libtensorflow_cc.so.2')\n"
+             "print(tf.__version__, 'tensorflow-cpu' in names, 'tensorflow' in names,\n"
+             "      round(os.path.getsize(lib) / 1e6))")
+    done = docker_run(built[step], "python", "-c", probe)
+    assert done.returncode == 0, done.stderr[-3000:]
+    version, cpu, full, megabytes = done.stdout.split()[-4:]
+    assert (version, cpu, full) == ("2.16.2", "True", "False")
+    assert int(megabytes) < 450
+
+
+@pytest.mark.docker
+def test_model_steps_and_serving_in_their_images(built, tmp_path):
+    """The slimmed TensorFlow images (CPU wheel, stripped, pruned) do the work: transform,
+    train and evaluate run in their images, and the model they made, loaded in the serve
+    image, gives the host's probabilities."""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o777)  # the steps run as an arbitrary uid
+    user, volumes = "4321:4321", [f"{work}:{work}"]
+    local = run_cli("components.ingest", "--source", str(REAL_SAMPLE),
+                    "--output", str(work / "examples"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    hparams = json.dumps({"epochs": 1, "batch_size": 128, "hidden_units": [8],
+                          "embedding_dim": 4})
+    for step, args in (
+        ("transform", ["--examples", f"{work}/examples", "--output", f"{work}/transform"]),
+        ("train", ["--examples", f"{work}/examples", "--transform", f"{work}/transform",
+                   "--output", f"{work}/model", "--hparams", hparams]),
+        ("evaluate", ["--model", f"{work}/model", "--examples", f"{work}/examples",
+                      "--output", f"{work}/evaluation"]),
+    ):
+        done = docker_run(built[step], "python", "-m", f"components.{step}", *args, user=user,
+                          volumes=volumes)
+        assert done.returncode == 0, f"{step}: {done.stderr[-3000:]}"
+    assert (work / "evaluation" / "report.html").is_file()
+
+    raw = {"product": ["Mortgage", "Debt collection", ""], "sub_product": ["", "Other", ""],
+           "issue": ["Loan servicing, payments, escrow account", "", "x"],
+           "company_response": ["Closed with explanation", "", ""],
+           "state": ["CA", "TX", ""], "zip_code": ["945XX", "75001", ""],
+           "narrative": ["They never answered.", "", ""]}
+    predict = ("import json, sys, tensorflow as tf\n"
+               "model = tf.saved_model.load(sys.argv[1])\n"
+               "raw = {k: tf.constant(v) for k, v in json.loads(sys.argv[2]).items()}\n"
+               "out = model.signatures['serving_default'](**raw)\n"
+               "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))")
+    done = docker_run(built["serve"], "python", "-c", predict, f"{work}/model/model",
+                      json.dumps(raw), user=user, volumes=volumes)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    host = subprocess.run([sys.executable, "-c", predict, str(work / "model" / "model"),
+                           json.dumps(raw)], capture_output=True, text=True, timeout=300)
+    assert host.returncode == 0, host.stderr[-3000:]
+    expected = json.loads(host.stdout.strip().splitlines()[-1])
+    assert served.keys() == expected.keys() and "probability" in served
+    for key, values in expected.items():
+        assert served[key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
+

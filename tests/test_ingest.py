@@ -419,6 +419,37 @@ def object_versions(bucket: str, prefix: str) -> list[tuple[str, str]]:
     return sorted((o.object_name, o.version_id) for o in objects)
 
 
+def test_new_data_says_whether_the_store_had_the_version(tmp_path, cli):
+    """new_data: true the first time a version is stored, false for the same bytes again
+    (whatever the file is called), true for other bytes; always true without a store."""
+    store = tmp_path / "store"
+    source = write_csv(tmp_path / "a.csv", [complaint(i) for i in range(1, 31)])
+    assert run_ingest(source, tmp_path / "o1")["new_data"] is True  # no store
+    assert run_ingest(source, tmp_path / "o2", store=str(store))["new_data"] is True
+    assert run_ingest(source, tmp_path / "o3", store=str(store))["new_data"] is False
+    copy = tmp_path / "renamed.csv"
+    copy.write_bytes(source.read_bytes())
+    assert run_ingest(copy, tmp_path / "o4", store=str(store))["new_data"] is False
+    other = write_csv(tmp_path / "b.csv", [complaint(i) for i in range(1, 32)])
+    assert run_ingest(other, tmp_path / "o5", store=str(store))["new_data"] is True
+    assert "new_data" not in json.loads((tmp_path / "o3" / "metadata.json").read_text())
+
+    output = tmp_path / "executor_output.json"
+    payload = {"inputs": {"parameterValues": {}}, "outputs": {
+        "artifacts": {"examples": {"artifacts": [
+            {"name": "examples", "uri": str(tmp_path / "o6"), "metadata": {}}]}},
+        "parameters": {"dataset_version": {"outputFile": str(tmp_path / "dv")},
+                       "new_data": {"outputFile": str(tmp_path / "nd")}},
+        "outputFile": str(output)}}
+    done = cli(MODULE, "--source", str(source), "--output", str(tmp_path / "o6"), "--store",
+               str(store), "--executor-input", json.dumps(payload))
+    assert done.returncode == 0, done.stderr
+    reported = json.loads(output.read_text())
+    assert reported["parameterValues"]["new_data"] is False
+    assert reported["artifacts"]["examples"]["artifacts"][0]["metadata"]["new_data"] is False
+    assert "no new data" in done.stderr
+
+
 def test_s3_source_and_s3_store(tmp_path, s3_bucket):
     """An s3:// source ingests, its exact bytes are snapshotted once in an s3:// store."""
     local = write_csv(tmp_path / "complaints.csv",

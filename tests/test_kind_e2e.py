@@ -311,6 +311,26 @@ def test_checks_know_what_follows_a_task():
     assert checks.downstream(tasks, "train") == {"condition-1"}
 
 
+def test_checks_unfold_conditions():
+    """The compiled package nests every step after ingest in the new-data condition."""
+    checks = _checks()
+    nested = {"components": {
+        "comp-condition-1": {"dag": {"tasks": {
+            "validate": {"taskInfo": {"name": "Validate data (TFDV)"}},
+            "train": {"taskInfo": {"name": "Train model"}, "dependentTasks": ["validate"]}}}},
+        "comp-validate": {"executorLabel": "exec-validate"}},
+        "root": {"dag": {"tasks": {
+            "ingest": {"taskInfo": {"name": "Ingest and version data"}},
+            "condition-1": {"taskInfo": {"name": "new-data"}, "dependentTasks": ["ingest"],
+                            "componentRef": {"name": "comp-condition-1"}}}}}}
+    tasks = checks.pipeline_tasks(nested)
+    assert set(tasks) == {"ingest", "condition-1", "validate", "train"}
+    assert checks.downstream(tasks, "validate") == {"train"}
+    assert checks.downstream(tasks, "ingest") == {"condition-1", "validate", "train"}
+    stopped = _run("FAILED", ("Validate data (TFDV)", "FAILED"))
+    assert checks.verdict(stopped, "failed-at:validate", tasks) == []
+
+
 def test_checks_verdicts():
     checks = _checks()
     tasks = checks.pipeline_tasks(PACKAGE)

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 BASE = MANIFESTS / "base"
 OVERLAYS = {name: MANIFESTS / "overlays" / name for name in ("standalone", "profile")}
-COMPONENTS = {name: MANIFESTS / "components" / name for name in ("minio", "model-server")}
+COMPONENTS = {name: MANIFESTS / "components" / name
+              for name in ("minio", "model-server", "trigger")}
 KUSTOMIZATION = "kustomization.yaml"
 EXAMPLE_SUFFIX = ".example.yaml"
 VERSIONS_ENV = ROOT / "e2e" / "versions.env"
@@ -59,6 +60,7 @@ MODELS = {
     ("v1", "Secret"): "V1Secret",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+    ("batch/v1", "CronJob"): "V1CronJob",
 }
 OWN_IMAGE = re.compile(r"^local/cfpb-pipeline-[a-z]+:latest$")
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|USER|CREDENTIAL)", re.IGNORECASE)
@@ -128,9 +130,19 @@ def _one(kind: str, name: str, docs=None) -> dict:
     return found[0]
 
 
+def _pod_spec(workload: dict) -> dict:
+    """The pod spec of a Deployment or a CronJob."""
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return workload["spec"]["template"]["spec"]
+
+
 def _containers(deployment: dict) -> list[dict]:
-    spec = deployment["spec"]["template"]["spec"]
+    spec = _pod_spec(deployment)
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+WORKLOADS = ("Deployment", "CronJob")
 
 
 def _endpoint_host() -> str:
@@ -193,6 +205,7 @@ def test_the_layout():
         "components/minio/kustomization.yaml", "components/minio/minio.yaml",
         "components/minio/minio-secret.example.yaml",
         "components/model-server/kustomization.yaml", "components/model-server/model-server.yaml",
+        "components/trigger/kustomization.yaml", "components/trigger/trigger.yaml",
     }
     present = {_rel(p) for p in MANIFESTS.rglob("*") if p.is_file()}
     assert expected <= present
@@ -328,7 +341,11 @@ def test_overlay_namespaces(tmp_path):
     docs = build_own_overlay(tmp_path, "profile", tuple(COMPONENTS), namespace="team-a")
     assert {doc["metadata"]["namespace"] for doc in docs} == {"team-a"}
     for binding in _of_kind("RoleBinding", docs):
-        assert binding["subjects"] == [OVERLAY_ACCOUNTS["profile"]]  # the binding's namespace
+        if binding["metadata"]["labels"].get(BINDS_LABEL[0]) == BINDS_LABEL[1]:
+            assert binding["subjects"] == [OVERLAY_ACCOUNTS["profile"]]  # the binding's ns
+        else:  # the trigger binds its own account (components/trigger), in that namespace
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cfpb-trigger",
+                                            "namespace": "team-a"}]
 
 
 @needs_kubectl
@@ -522,11 +539,11 @@ def test_no_literal_credentials_anywhere_applied():
     for path, doc in _all(_applied_files()):
         assert doc["kind"] != "Secret", f"{_rel(path)}: a Secret belongs in an example file"
         assert PLACEHOLDER not in path.read_text()
-        if doc["kind"] != "Deployment":
+        if doc["kind"] not in WORKLOADS:
             continue
         for container in _containers(doc):
             for env in container.get("env", []):
-                if SECRET_ENV.search(env["name"]):
+                if SECRET_ENV.search(env["name"]) and env["name"] != "KF_PIPELINES_SA_TOKEN_PATH":
                     assert "value" not in env, f"{_rel(path)}: literal {env['name']}"
                     assert set(env["valueFrom"]) == {"secretKeyRef"}, env["name"]
             for source in container.get("envFrom", []):
@@ -563,7 +580,7 @@ def test_example_secrets_hold_placeholders_only_and_say_so():
 def test_images_are_pinned():
     readme = (MANIFESTS / "README.md").read_text()
     for path, doc in _all():
-        if doc["kind"] != "Deployment":
+        if doc["kind"] not in WORKLOADS:
             continue
         for container in _containers(doc):
             image = container["image"]
@@ -653,7 +670,7 @@ def test_s3_endpoint_is_the_pipelines_where_it_means_kfps_minio():
     assert host == "seaweedfs.kubeflow:9000"  # KFP >= 2.16's object store
     checked = 0
     for path, doc in _all():
-        if doc["kind"] == "Deployment":
+        if doc["kind"] in WORKLOADS:
             for container in _containers(doc):
                 for env in container.get("env", []):
                     if env["name"] == "S3_ENDPOINT_URL" and kfp_service in env["value"]:
@@ -663,7 +680,7 @@ def test_s3_endpoint_is_the_pipelines_where_it_means_kfps_minio():
             if key == f"{KSERVE_S3}endpoint" and kfp_service in value:
                 assert value == host, _rel(path)  # KServe wants host:port, no scheme
                 checked += 1
-    assert checked >= 2  # the model server and the KServe Secret
+    assert checked >= 3  # the model server, the trigger and the KServe Secret
 
 
 # --- KServe storage ------------------------------------------------------------------------------
@@ -815,3 +832,65 @@ def test_readme_covers_every_file_and_how_to_apply():
         assert f"`{path.name}`" in readme, _rel(path)
     assert PLACEHOLDER in readme
     assert "kind: Component" in readme
+
+
+# --- the trigger (components/trigger) --------------------------------------------------------
+
+def test_trigger_cronjob_polls_once_with_an_account_that_may_only_create_runs():
+    """The CronJob runs `components.trigger --run kfp --once` (its arguments parse with the
+    trigger's own CLI), hardened like the Deployments; its account is granted `create` on KFP
+    runs and nothing else (the requests the trigger makes are recorded in
+    tests/test_pipeline_trigger.py: healthz, then POST runs), gets no Kubernetes API token, and
+    the KFP API token is projected with KFP's audience where kfp.Client reads it."""
+    from components.trigger.__main__ import build_parser
+
+    cronjob = _one("CronJob", "cfpb-trigger")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    pod = _pod_spec(cronjob)
+    assert pod["serviceAccountName"] == "cfpb-trigger"
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert job["backoffLimit"] == 0
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["python", "-m", "components.trigger"]
+    args = build_parser().parse_args(container["command"][3:])
+    assert args.run == "kfp" and args.once
+    assert args.store == "s3://mlpipeline/cfpb/datasets"  # the pipeline's data_store default
+    source = (ROOT / "orchestration" / "definition.py").read_text()
+    assert f'data_store: str = "{args.store}"' in source
+    assert args.host == "http://ml-pipeline.kubeflow:8888"
+    assert args.package.startswith("s3://") and args.package.endswith(".yaml")
+    security = {**pod["securityContext"], **container["securityContext"]}
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    env = {e["name"]: e for e in container["env"]}
+    for key, variable in PIPELINE.S3_SECRET_KEYS.items():
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": PIPELINE.S3_SECRET,
+                                                               "key": key}
+    token_dir = env["KF_PIPELINES_SA_TOKEN_PATH"]["value"].rsplit("/", 1)[0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (projected,) = volumes["kfp-token"]["projected"]["sources"]
+    assert mounts["kfp-token"] == token_dir
+    assert projected["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"]["value"].endswith(
+        "/" + projected["serviceAccountToken"]["path"])
+    account = _one("ServiceAccount", "cfpb-trigger")
+    assert account["automountServiceAccountToken"] is False
+    role = _one("Role", "cfpb-trigger")
+    assert _granted(role) == {("pipelines.kubeflow.org", "runs", "create")}
+    binding = _one("RoleBinding", "cfpb-trigger")
+    assert binding["roleRef"]["name"] == "cfpb-trigger"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cfpb-trigger"}]
+    assert BINDS_LABEL[0] not in binding["metadata"]["labels"]  # overlays leave it alone
+
+
+@needs_kubectl
+def test_trigger_keeps_its_own_account_in_every_overlay(tmp_path):
+    for overlay in OVERLAYS:
+        docs = build_own_overlay(tmp_path, overlay, ("trigger",))
+        binding = _one("RoleBinding", "cfpb-trigger", docs)
+        assert [s["name"] for s in binding["subjects"]] == ["cfpb-trigger"]
+        assert _one("CronJob", "cfpb-trigger", docs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -55,11 +56,17 @@ def test_pipeline_compiles_and_loads_back(compiled):
     assert loaded.name == definition.PIPELINE_NAME
     docs = list(yaml.safe_load_all(compiled.read_text()))
     spec = docs[0]
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(all_tasks(spec)) == set(build_facts.pipeline_steps())
-    validate_inputs = tasks["validate"]["inputs"]["artifacts"]
-    assert validate_inputs["examples"]["taskOutputArtifact"] == {
-        "outputArtifactKey": "examples", "producerTask": "ingest"}
+    tasks = all_tasks(spec)
+    assert set(tasks) == set(build_facts.training_steps())
+    assert "feedback" in build_facts.pipeline_steps()  # a step of its own, not a task here
+    # validate sits in the new-data condition: ingest's examples reach it through the sub-DAG
+    validate_inputs = tasks["validate"][0]["inputs"]["artifacts"]
+    assert validate_inputs["examples"] == {
+        "componentInputArtifact": "pipelinechannel--ingest-examples"}
+    (condition,) = [t for n, t in spec["root"]["dag"]["tasks"].items() if n != "ingest"]
+    assert condition["taskInfo"]["name"] == "new-data"
+    assert condition["inputs"]["artifacts"]["pipelinechannel--ingest-examples"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "examples", "producerTask": "ingest"}}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) >= {
         "source", "dataset_config", "eval_fraction", "data_store", "fail_on_anomalies"}
 
@@ -114,16 +121,49 @@ def test_every_task_has_resources_and_the_right_caching(compiled):
         assert cached == (name not in ("ingest", "tune", "push", "deploy")), name
 
 
-def test_push_and_deploy_are_conditions_on_the_cluster(compiled):
+NEW_DATA = "inputs.parameter_values['pipelinechannel--ingest-new_data'] == true"
+BLESSED = "inputs.parameter_values['pipelinechannel--evaluate-blessed'] == true"
+PUSHED = "inputs.parameter_values['pipelinechannel--push-pushed'] == true"
+
+
+def test_steps_after_ingest_are_conditions_on_new_data_on_the_cluster(compiled):
     spec = list(yaml.safe_load_all(compiled.read_text()))[0]
     tasks = all_tasks(spec)
-    assert tasks["push"][1] == [
-        "inputs.parameter_values['pipelinechannel--evaluate-blessed'] == true"]
-    assert tasks["deploy"][1] == [
-        "inputs.parameter_values['pipelinechannel--evaluate-blessed'] == true",
-        "inputs.parameter_values['pipelinechannel--push-pushed'] == true"]
-    assert all(not conditions for name, (_t, conditions) in tasks.items()
-               if name not in ("push", "deploy"))
+    assert tasks["ingest"][1] == []
+    for name in ("validate", "transform", "tune", "train", "evaluate"):
+        assert tasks[name][1] == [NEW_DATA], name
+    assert tasks["push"][1] == [NEW_DATA, BLESSED]
+    assert tasks["deploy"][1] == [NEW_DATA, BLESSED, PUSHED]
+
+
+def test_every_task_after_ingest_runs_through_the_no_new_data_gate(compiled):
+    """The same gate in both packages: the step's own command after `--`, new_data from ingest,
+    a skip value for each output parameter (what kfp.local passes on when it skips)."""
+    spec = list(yaml.safe_load_all(compiled.read_text()))[0]
+    executors = spec["deploymentSpec"]["executors"]
+    for name, (task, _conditions) in all_tasks(spec).items():
+        component = spec["components"][task["componentRef"]["name"]]
+        container = executors[component["executorLabel"]]["container"]
+        if name == "ingest":
+            assert container["command"] == ["python", "-m", "components.ingest"]
+            outputs = component["outputDefinitions"]["parameters"]
+            assert outputs["new_data"]["parameterType"] == "BOOLEAN"
+            continue
+        assert container["command"] == ["python", "-m", "components.common.gate"], name
+        args = container["args"]
+        cut = args.index("--")
+        assert args[cut + 1:cut + 4] == ["python", "-m", f"components.{name}"], name
+        assert args[args.index("--new-data") + 1] == "{{$.inputs.parameters['new_data']}}"
+        channel = task["inputs"]["parameters"]["new_data"]
+        assert channel in ({"taskOutputParameter": {"outputParameterKey": "new_data",
+                                                    "producerTask": "ingest"}},
+                           {"componentInputParameter": "pipelinechannel--ingest-new_data"})
+        skip = json.loads(args[args.index("--skip-outputs") + 1])
+        declared = component.get("outputDefinitions", {}).get("parameters", {})
+        assert set(skip) == set(declared), name
+        for output, value in skip.items():
+            kind = declared[output]["parameterType"]
+            assert value == {"BOOLEAN": False, "NUMBER_INTEGER": 0, "STRING": ""}[kind]
 
 
 def test_the_local_package_differs_only_in_the_conditions(compiled, compiled_in_step):

@@ -67,7 +67,8 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     summary = json.loads((work / "latest" / "summary.json").read_text())
     assert [s["status"] for s in summary["steps"]] == ["success"] * len(summary["steps"])
-    assert [s["name"] for s in summary["steps"]] == list(build_facts.pipeline_steps())
+    assert [s["name"] for s in summary["steps"]] == list(build_facts.training_steps())
+    assert summary["new_data"] is True
     assert all(s["seconds"] and s["seconds"] > 0 for s in summary["steps"])
     assert summary["dataset_version"].startswith("ds-")
     assert summary["anomalies_found"] is False
@@ -80,6 +81,19 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     assert index["current"] == 1
     assert index["versions"][0]["dataset_version"] == summary["dataset_version"]
     assert "local run summary" in first.stdout
+
+    # The same data again: ingest finds its version in the store, every later step skips
+    # itself in its container, the run succeeds and says so; nothing else changes.
+    registry_before = sorted(p.name for p in (work / "registry" / "cfpb-disputes").rglob("*"))
+    same = run(work, tmp_path / "first.csv")
+    assert same.returncode == 0, same.stdout[-4000:] + same.stderr[-4000:]
+    summary = json.loads((work / "latest" / "summary.json").read_text())
+    assert summary["new_data"] is False and summary["succeeded"] is True
+    assert [s["status"] for s in summary["steps"]] == (
+        ["success"] + ["skipped: no new data"] * (len(summary["steps"]) - 1))
+    assert "no new data" in same.stdout
+    assert sorted(p.name for p in (work / "registry" / "cfpb-disputes").rglob("*")) == \
+        registry_before
 
     # New data whose label drifted: validation against the stored previous version stops it.
     second = run(work, generate(tmp_path / "shifted.csv", 6000, seed=32, rate=0.6),

@@ -234,7 +234,7 @@ def test_grpc_predictions_equal_the_savedmodel(server, reference):
         metadata.metadata["signature_def"].Unpack(signatures)
         serving = signatures.signature_def["serving_default"]
         assert set(serving.inputs) == set(ROWS[0])
-        assert set(serving.outputs) == {"probability"}
+        assert set(serving.outputs) == {"probability", "raw_probability"}
         assert "serving_tf_example" in signatures.signature_def
 
         status_request = get_model_status_pb2.GetModelStatusRequest()
@@ -256,7 +256,76 @@ def test_rest_status_and_metadata(rest):
     assert status == 200 and body["model_spec"]["version"] == "1"
     serving = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert serving["inputs"]["product"]["dtype"] == "DT_STRING"
-    assert list(serving["outputs"]) == ["probability"]
+    assert sorted(serving["outputs"]) == ["probability", "raw_probability"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions: probability >= the version's own threshold.
+
+def thresholds_of(root: Path) -> dict[int, float]:
+    from components.common.artifacts import model as model_artifact
+
+    out = {}
+    for version in (1, 2):
+        threshold, source = model_artifact.decision_threshold_of(str(root / NAME / str(version)))
+        assert source == "model"
+        out[version] = threshold
+    return out
+
+
+def test_rest_decisions_are_probability_at_the_versions_threshold(rest, reference,
+                                                                   registry_root):
+    thresholds = thresholds_of(registry_root)
+    assert thresholds[1] != thresholds[2]  # each version answers with its own
+    for version in (1, 2):
+        status, body = rest.predict(f"/versions/{version}", ROWS)
+        assert status == 200, body
+        assert body["decision_threshold"] == thresholds[version]
+        assert body["decisions"] == [p >= thresholds[version] for p in body["predictions"]]
+        assert len(body["decisions"]) == len(ROWS)
+        np.testing.assert_allclose(body["predictions"], reference[version], rtol=1e-6)
+        columns = {f: [row[f] for row in ROWS] for f in ROWS[0]}
+        status, columnar = rest.call("POST", f"/v1/models/{NAME}/versions/{version}:predict",
+                                     {"inputs": columns})
+        assert columnar["decisions"] == body["decisions"]
+
+
+def test_grpc_decisions_are_probability_at_the_versions_threshold(server, registry_root):
+    import tensorflow as tf
+
+    thresholds = thresholds_of(registry_root)
+    channel, predict_stub, _ = grpc_stubs(server)
+    with channel:
+        for version in (1, 2):
+            response = predict_stub.Predict(predict_request(ROWS, version=version), timeout=10)
+            probability = tf.make_ndarray(response.outputs["probability"])
+            decision = tf.make_ndarray(response.outputs["decision"])
+            threshold = tf.make_ndarray(response.outputs["decision_threshold"])
+            assert decision.dtype == np.bool_ and decision.shape == (len(ROWS),)
+            assert threshold.shape == () and float(threshold) == thresholds[version]
+            assert decision.tolist() == [float(p) >= thresholds[version] for p in probability]
+
+
+def test_a_version_without_a_threshold_is_served_with_the_default(registry_root, tmp_path):
+    """A version published before thresholds were chosen: decisions at 0.5, documented."""
+    import shutil
+
+    from components.common.artifacts import model as model_artifact
+
+    old = tmp_path / "old-model"
+    shutil.copytree(registry_root / NAME / "1", old)
+    (old / model_artifact.METADATA_FILE).unlink()
+    registry.publish(str(tmp_path / "registry"), NAME, str(old),
+                     {"model_id": model_artifact.model_id_of(str(old)), "signature_hash": "x"})
+    srv = ModelServer(str(tmp_path / "registry"), NAME, rest_port=0, grpc_port=None).start()
+    try:
+        status, body = Rest(srv.rest_port).predict("", ROWS)
+        assert status == 200, body
+        assert body["decision_threshold"] == model_artifact.DEFAULT_DECISION_THRESHOLD == 0.5
+        assert body["decisions"] == [p >= 0.5 for p in body["predictions"]]
+        assert srv.manager.table.models[1].threshold_source == "default"
+    finally:
+        srv.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +540,31 @@ def test_predictions_are_logged_as_json_lines(server, rest):
     assert mine[0]["model_version"] == 2 and mine[0]["inputs"] == ROWS[0]
     assert mine[1]["outputs"]["probability"] == pytest.approx(body["predictions"][1])
     assert {"request_id", "time", "model_version", "inputs", "outputs"} <= set(records[0])
+
+
+def test_kserve_logger_events_and_own_predictions_are_one_log_format(server, rest):
+    """POST /v1/log (KServe's payload logger, as CloudEvents) lands beside the server's own
+    prediction lines, and the feedback step's reader reads both alike."""
+    from components.common.artifacts.prediction_log import LogReader, predictions_uri
+    from components.serve.log_receiver import REQUEST_TYPE, RESPONSE_TYPE
+
+    status, body = rest.predict("/versions/1", ROWS[:1], headers={"X-Request-Key": "own-1"})
+    assert status == 200
+    for kind, payload in ((REQUEST_TYPE, {"instances": [{**ROWS[1], "complaint_id": "ks-1"}]}),
+                          (RESPONSE_TYPE, {"predictions": [[0.625]]})):
+        status, answer = rest.call("POST", "/v1/log?model_version=2", payload, {
+            "Ce-Id": "kserve-call-1", "Ce-Type": kind, "Ce-Specversion": "1.0",
+            "Ce-Source": "http://localhost:9081/", "Content-Type": "application/json"})
+        assert status in (200, 202), answer
+    assert answer["examples"] == 1
+    server.prediction_log.flush()
+    reader = LogReader(predictions_uri(str(server.log_dir), NAME))
+    found = {r.key: r for r in reader.records() if r.key in ("own-1", "ks-1")}
+    assert reader.bad_lines == 0
+    assert found["own-1"].model_version == 1 and found["own-1"].inputs == ROWS[0]
+    assert found["own-1"].probability == pytest.approx(body["predictions"][0])
+    assert found["ks-1"].model_version == 2 and found["ks-1"].inputs == ROWS[1]
+    assert found["ks-1"].probability == 0.625 and found["ks-1"].request_id == "kserve-call-1"
 
 
 def test_serves_an_s3_registry(registry_root, s3_bucket):

@@ -76,9 +76,11 @@ def test_tf_example_signature_agrees_with_raw_signature(pipeline_dirs):
     serialized = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64)))
     raw, _ = raw_batch(work / "examples")
     loaded = tf.saved_model.load(str(work / "model" / "model"))
-    by_example = loaded.signatures["serving_tf_example"](examples=serialized)["probability"]
-    by_raw = loaded.signatures["serving_default"](**raw)["probability"]
-    np.testing.assert_allclose(by_example.numpy(), by_raw.numpy(), rtol=1e-6)
+    by_example = loaded.signatures["serving_tf_example"](examples=serialized)
+    by_raw = loaded.signatures["serving_default"](**raw)
+    for output in ("probability", "raw_probability"):  # both carry the calibration alike
+        np.testing.assert_allclose(by_example[output].numpy(), by_raw[output].numpy(),
+                                   rtol=1e-6)
 
 
 def test_unseen_and_blank_values_are_served(pipeline_dirs):
@@ -116,7 +118,10 @@ def test_training_lineage_and_signatures(pipeline_dirs):
     assert saved["hparams"] == {**DEFAULTS, **FAST}
     assert set(saved["signatures"]) == {"serving_default", "serving_tf_example"}
     assert set(saved["signatures"]["serving_default"]["inputs"]) == set(CONFIG.feature_names)
-    assert saved["signatures"]["serving_default"]["outputs"] == {"probability": "float32"}
+    assert saved["signatures"]["serving_default"]["outputs"] == {"probability": "float32",
+                                                                 "raw_probability": "float32"}
+    assert saved["signatures"]["serving_tf_example"]["outputs"] == \
+        saved["signatures"]["serving_default"]["outputs"]
     assert 0.5 < saved["metrics"]["auc"] <= 1.0
     assert (work / "model" / "logs").is_dir()
 
@@ -219,3 +224,157 @@ def test_train_reads_examples_and_transform_from_s3(pipeline_dirs, tmp_path, s3_
     assert training["dataset_version"] == info["dataset_version"]
     assert training["preprocessing_hash"] == info["preprocessing_hash"]
     assert set(parse_metric_lines(result.stdout)) >= {"auc", "loss"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration inside the SavedModel, and the decision threshold.
+
+def holdout_rows(examples_dir, config=CONFIG):
+    """The calibration holdout as train reads it: raw feature tensors and labels."""
+    import tensorflow as tf
+
+    from components.train.train import train_split_part
+
+    batches = list(train_split_part(str(examples_dir), config, "holdout", 100_000))
+    assert len(batches) == 1
+    features, labels = batches[0]
+    return {k: tf.constant(v) for k, v in features.items()}, labels.numpy()
+
+
+def test_calibration_travels_in_the_saved_model(pipeline_dirs):
+    """Raw-string serving answers what train computed in process: the SavedModel's
+    `probability` is scikit-learn's Platt fit on the holdout's raw scores, applied to its
+    `raw_probability`; the threshold is the policy's choice on those probabilities."""
+    import tensorflow as tf
+    from sklearn.linear_model import LogisticRegression
+
+    from components.common.artifacts import model as model_artifact
+    from components.train import calibration
+
+    work, info = pipeline_dirs
+    training = json.loads((work / "model" / "training.json").read_text())
+    assert training["calibration"]["method"] == "platt"
+    features, labels = holdout_rows(work / "examples")
+    served = tf.saved_model.load(str(work / "model" / "model")).signatures["serving_default"](
+        **features)
+    raw = served["raw_probability"].numpy()
+    probability = served["probability"].numpy()
+
+    holdout = training["calibration"]["holdout"]
+    assert holdout["rows"] == labels.size == training["rows"]["calibration"]
+    assert holdout["positives"] == int(labels.sum())
+    assert training["rows"]["fit"] + training["rows"]["calibration"] == training["rows"]["train"]
+    assert 0.07 < labels.size / training["rows"]["train"] < 0.13
+    # What train measured in process on these rows is what the SavedModel answers.
+    assert holdout["before"]["mean_probability"] == pytest.approx(raw.mean(), abs=1e-6)
+    assert holdout["after"]["mean_probability"] == pytest.approx(probability.mean(), abs=1e-6)
+
+    reference = LogisticRegression(C=np.inf, max_iter=1000).fit(
+        calibration.logit(raw).reshape(-1, 1), labels)
+    parameters = training["calibration"]["parameters"]
+    assert parameters["a"] == pytest.approx(reference.coef_[0, 0], rel=1e-3)
+    assert parameters["b"] == pytest.approx(reference.intercept_[0], rel=1e-3, abs=1e-3)
+    expected = reference.predict_proba(calibration.logit(raw).reshape(-1, 1))[:, 1]
+    np.testing.assert_allclose(probability, expected, atol=1e-4)
+
+    chosen = calibration.choose_threshold(CONFIG.evaluation.decision_threshold, labels,
+                                          probability)
+    threshold = training["decision_threshold"]
+    assert threshold["policy"] == "max_f1" and threshold["computed_on"] == "calibration holdout"
+    assert threshold["value"] == pytest.approx(chosen["value"], abs=1e-6)
+    metadata = model_artifact.read_model_metadata(str(work / "model" / "model"))
+    assert metadata["decision_threshold"] == threshold["value"]
+    assert metadata["threshold_policy"] == "max_f1" and metadata["calibration"] == "platt"
+    assert model_artifact.decision_threshold_of(str(work / "model" / "model")) == (
+        threshold["value"], "model")
+
+
+def test_calibrated_probabilities_read_as_the_dispute_rate_on_eval(pipeline_dirs):
+    """Class weights push the raw score up; the calibrated probability does not, on rows
+    neither training nor calibration saw."""
+    from components.common import calibration as metrics
+
+    work, _ = pipeline_dirs
+    raw_features, labels = raw_batch(work / "examples", n=10_000)
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(work / "model" / "model")).signatures["serving_default"](
+        **raw_features)
+    before = metrics.summary(labels, served["raw_probability"].numpy(), 0.5)
+    after = metrics.summary(labels, served["probability"].numpy(), 0.5)
+    assert before["mean_probability"] > labels.mean() + 0.1
+    assert abs(after["mean_probability"] - labels.mean()) < 0.06
+    assert after["ece"] < before["ece"] / 2 and after["brier"] < before["brier"]
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(labels, served["probability"].numpy()) == pytest.approx(
+        roc_auc_score(labels, served["raw_probability"].numpy()), abs=1e-4)
+
+
+def test_isotonic_calibration_and_a_cost_threshold(pipeline_dirs, tmp_path):
+    import tensorflow as tf
+    from sklearn.isotonic import IsotonicRegression
+
+    from components.common.dataset_config import CalibrationSpec, ThresholdPolicy
+    from components.train import calibration
+
+    work, _ = pipeline_dirs
+    policy = ThresholdPolicy("min_cost", cost_false_positive=1, cost_false_negative=3)
+    config = dataclasses.replace(
+        CONFIG, calibration=CalibrationSpec("isotonic", 0.2),
+        evaluation=dataclasses.replace(CONFIG.evaluation, decision_threshold=policy))
+    info = train(str(work / "examples"), str(work / "transform"), str(tmp_path / "m"), config,
+                 parse_hparams(json.dumps({**FAST, "epochs": 1})))
+    features, labels = holdout_rows(work / "examples", config)
+    assert info["rows"]["calibration"] == labels.size
+    assert 0.17 < labels.size / info["rows"]["train"] < 0.23
+    served = tf.saved_model.load(str(tmp_path / "m" / "model")).signatures["serving_default"](
+        **features)
+    raw = served["raw_probability"].numpy().astype(np.float64)
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw, labels)
+    np.testing.assert_allclose(served["probability"].numpy(), reference.predict(raw),
+                               atol=1e-6)
+    assert info["calibration"]["parameters"]["x"] == pytest.approx(
+        reference.X_thresholds_.tolist())
+    chosen = calibration.choose_threshold(policy, labels, served["probability"].numpy())
+    assert info["decision_threshold"]["value"] == pytest.approx(chosen["value"], abs=1e-6)
+    assert info["decision_threshold"]["cost"] == chosen["cost"]
+    assert info["decision_threshold"]["bayes_threshold"] == 0.25
+
+
+def test_no_calibration_and_a_fixed_threshold_trains_on_the_whole_split(pipeline_dirs,
+                                                                         tmp_path):
+    import tensorflow as tf
+
+    from components.common.artifacts import model as model_artifact
+    from components.common.dataset_config import CalibrationSpec, ThresholdPolicy
+
+    work, _ = pipeline_dirs
+    config = dataclasses.replace(
+        CONFIG, calibration=CalibrationSpec("none", 0.0),
+        evaluation=dataclasses.replace(CONFIG.evaluation,
+                                       decision_threshold=ThresholdPolicy("fixed", 0.4)))
+    info = train(str(work / "examples"), str(work / "transform"), str(tmp_path / "m"), config,
+                 parse_hparams(json.dumps({**FAST, "epochs": 1})))
+    assert info["rows"]["fit"] == info["rows"]["train"] and info["rows"]["calibration"] == 0
+    raw, _ = raw_batch(work / "examples")
+    served = tf.saved_model.load(str(tmp_path / "m" / "model")).signatures["serving_default"](
+        **raw)
+    np.testing.assert_array_equal(served["probability"].numpy(),
+                                  served["raw_probability"].numpy())
+    assert model_artifact.decision_threshold_of(str(tmp_path / "m" / "model")) == (0.4, "model")
+    assert info["decision_threshold"]["value"] == 0.4
+
+
+def test_a_holdout_without_both_classes_fails_before_training(pipeline_dirs, tmp_path):
+    from components.common.dataset_config import CalibrationSpec
+
+    work, _ = pipeline_dirs
+    config = dataclasses.replace(CONFIG, calibration=CalibrationSpec("platt", 0.00001))
+    with pytest.raises(StepError) as raised:
+        train(str(work / "examples"), str(work / "transform"), str(tmp_path / "m"), config,
+              parse_hparams(json.dumps(FAST)))
+    message = str(raised.value)
+    assert "the calibration holdout has 0 rows, 0 positive" in message
+    assert "calibration.holdout_fraction" in message and "\n" not in message
+    assert not (tmp_path / "m").exists()

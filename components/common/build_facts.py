@@ -7,7 +7,8 @@ shell scripts through the command line:
     python3 -m components.common.build_facts code-version   # 0.1.0+abc1234
     python3 -m components.common.build_facts images         # ingest validate ... serve
     python3 -m components.common.build_facts steps          # the pipeline steps, in order
-    python3 -m components.common.build_facts image-args train   # model libclang
+    python3 -m components.common.build_facts training-steps # the training pipeline's tasks
+    python3 -m components.common.build_facts image-args train   # model libclang ...
 
 Adding a step: its folder `components/<step>/` (with `component.yaml` when it is a pipeline
 step) and one `Image(...)` line below. Standard library only: make runs this before any
@@ -38,24 +39,49 @@ class Image:
     name: str
     extra: str
     prune: tuple[str, ...] = ()
+    # A step with a component.yaml that is not a task of the training pipeline: it runs on its
+    # own (by hand, its own KFP run or schedule), like feedback.
+    standalone: bool = False
 
     @property
     def is_pipeline_step(self) -> bool:
         return (COMPONENTS / self.name / "component.yaml").is_file()
 
 
+# Declared by a dependency, imported by no step (images/README.md, "What is left out"; the
+# import probes and the steps run in the images in tests/test_images.py prove it):
+# TensorFlow's libclang (bindings for building ops), tensorflow-io-gcs-filesystem (gs:// only
+# with TF_USE_MODULAR_FILESYSTEM) and tensorboard-data-server (the `tensorboard` server's binary;
+# train writes its logs with tensorboard's Python package, which stays).
+TF_UNUSED = ("libclang", "tensorflow-io-gcs-filesystem", "tensorboard-data-server")
+# apache-beam[gcp] (TFDV and tfx-bsl require it): Beam's Google Cloud IO, SQL connectors and
+# Vertex AI transforms (Beam imports them only if present), and tfx-bsl's remote inference
+# client; with them go google-auth, google-api-core and the rest only they need.
+BEAM_GCP = (
+    "google-cloud-aiplatform", "google-cloud-bigquery", "google-cloud-bigquery-storage",
+    "google-cloud-bigtable", "google-cloud-build", "google-cloud-datastore", "google-cloud-dlp",
+    "google-cloud-kms", "google-cloud-language", "google-cloud-pubsub",
+    "google-cloud-recommendations-ai", "google-cloud-secret-manager", "google-cloud-spanner",
+    "google-cloud-storage", "google-cloud-videointelligence", "google-cloud-vision",
+    "google-apitools", "google-auth-httplib2", "cloud-sql-python-connector",
+    "keyrings-google-artifactregistry-auth", "pg8000", "pymysql", "python-tds",
+    "google-api-python-client",
+)
+
 # In pipeline order; services (no component.yaml) after the steps.
 IMAGES = (
     Image("ingest", "ingest", ("tensorflow", "tensorflow-serving-api", "apache-beam",
                                "google-api-python-client", "pandas")),
-    Image("validate", "validate", ("google-cloud-aiplatform", "libclang")),
-    Image("transform", "model", ("libclang",)),
-    Image("tune", "tune", ("libclang",)),
-    Image("train", "model", ("libclang",)),
-    Image("evaluate", "model", ("libclang",)),
+    Image("validate", "validate", (*BEAM_GCP, *TF_UNUSED, "tensorboard")),
+    Image("transform", "model", TF_UNUSED),
+    Image("tune", "tune", TF_UNUSED),
+    Image("train", "model", TF_UNUSED),
+    Image("evaluate", "model", TF_UNUSED),
     Image("push", "push"),
     Image("deploy", "deploy"),
-    Image("serve", "serve", ("libclang",)),
+    Image("feedback", "feedback", (*BEAM_GCP, *TF_UNUSED, "tensorboard"), standalone=True),
+    Image("serve", "serve", (*TF_UNUSED, "tensorboard")),
+    Image("trigger", "trigger"),
 )
 
 
@@ -69,6 +95,11 @@ def image(name: str) -> Image:
 def pipeline_steps() -> tuple[str, ...]:
     """The pipeline steps (images whose folder has a component.yaml), in pipeline order."""
     return tuple(i.name for i in IMAGES if i.is_pipeline_step)
+
+
+def training_steps() -> tuple[str, ...]:
+    """The tasks of the training pipeline, in order: the pipeline steps but the standalone ones."""
+    return tuple(i.name for i in IMAGES if i.is_pipeline_step and not i.standalone)
 
 
 def version() -> str:
@@ -118,6 +149,7 @@ def main(argv: list[str]) -> int:
         "code-version": lambda: code_version(),
         "images": lambda: " ".join(i.name for i in IMAGES),
         "steps": lambda: " ".join(pipeline_steps()),
+        "training-steps": lambda: " ".join(training_steps()),
         "project": lambda: PROJECT,
     }
     if len(argv) == 1 and argv[0] in commands:

@@ -10,6 +10,11 @@ A version is the hash of the source bytes. Layout (local directory or s3://bucke
                                                    no anomalies: only such versions serve as
                                                    the baseline of later data
 Versions are immutable: storing one that exists writes nothing.
+
+    <store>/incoming/<dataset_version>.csv         data waiting for a run: the feedback step's
+                                                   newly labelled rows, named by the version
+                                                   ingest will give them (same bytes, same
+                                                   name); the trigger starts one run per file
 """
 
 from __future__ import annotations
@@ -28,11 +33,33 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 EXAMPLES = "examples"
 VALIDATED = "validated.json"
+INCOMING = "incoming"
+HASH_CHUNK = 1 << 20
 
 
 def dataset_version(sha256_hex: str) -> str:
     """Content-derived: the same bytes give the same version on every machine."""
     return f"ds-{sha256_hex[:16]}"
+
+
+def source_version(uri: str) -> tuple[str, str]:
+    """(dataset version, sha256 hex) of a source's bytes: the version ingest would give it,
+    read in chunks (never loaded whole)."""
+    digest = hashlib.sha256()
+    with storage.open_read(uri) as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            digest.update(chunk)
+    return dataset_version(digest.hexdigest()), digest.hexdigest()
+
+
+def is_stored(store: str, version: str) -> bool:
+    """The version is published in the store (its manifest exists)."""
+    return storage.exists(storage.join(store, version, MANIFEST))
+
+
+def incoming_uri(store: str, version: str) -> str:
+    """Where data for the next run waits: `<store>/incoming/<version>.csv`."""
+    return storage.join(store, INCOMING, f"{version}.csv")
 
 
 class _HashingStream:

@@ -6,8 +6,10 @@ A user swaps in their own data by editing this YAML, not code. Every step reads 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from components.common.errors import StepError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "cfpb"
 ROLES = ("categorical", "bucketized", "text", "numeric")
+THRESHOLD_POLICIES = ("fixed", "max_f1", "min_cost")
+CALIBRATION_METHODS = ("platt", "isotonic", "none")
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,38 @@ class PreprocessingSpec:
 
 
 @dataclass(frozen=True)
+class ThresholdPolicy:
+    """How train chooses the model's decision threshold (`evaluation.decision_threshold`).
+
+    `fixed`: `value`. `max_f1`: the threshold of highest F1 on the calibration holdout.
+    `min_cost`: the threshold of lowest `cost_false_positive * FP + cost_false_negative * FN`
+    on the calibration holdout. `value` is also the threshold of a model that records none.
+    A plain number in the YAML means `fixed` at that value.
+    """
+
+    policy: str = "fixed"
+    value: float = 0.5
+    cost_false_positive: float = 1.0
+    cost_false_negative: float = 1.0
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How train calibrates the model's probabilities (the `calibration` section).
+
+    `method`: `platt` (sigmoid of an affine map of the score's logit), `isotonic` (a
+    monotonic piecewise-linear map) or `none`. `holdout_fraction`: share of the train split
+    (chosen by a hash of the id) kept out of training to fit the calibration and choose the
+    decision threshold.
+    """
+
+    method: str = "platt"
+    holdout_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
 class EvaluationSpec:
-    decision_threshold: float = 0.5
+    decision_threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     slices: tuple[str, ...] = ()
     min_slice_size: int = 30
     counterfactual_sample: int = 300
@@ -75,6 +109,7 @@ class DatasetConfig:
     validation: ValidationThresholds = field(default_factory=ValidationThresholds)
     preprocessing: PreprocessingSpec = field(default_factory=PreprocessingSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -203,7 +238,25 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
         **{k: float(v) for k, v in validation_raw.items()}, no_distribution_checks=no_checks
     )
     preprocessing = _section(raw, "preprocessing", PreprocessingSpec, source)
-    evaluation = _section(raw, "evaluation", EvaluationSpec, source)
+    evaluation_raw = raw.get("evaluation") or {}
+    if not isinstance(evaluation_raw, dict):
+        raise StepError(f"{source}: evaluation: expected a mapping")
+    evaluation_raw = dict(evaluation_raw)
+    policy = parse_threshold_policy(evaluation_raw.pop("decision_threshold", None),
+                                    f"{source}: evaluation.decision_threshold")
+    evaluation = dataclasses.replace(
+        _section({"evaluation": evaluation_raw}, "evaluation", EvaluationSpec, source),
+        decision_threshold=policy)
+    calibration = _section(raw, "calibration", CalibrationSpec, source)
+    if calibration.method not in CALIBRATION_METHODS:
+        raise StepError(f"{source}: calibration.method: {calibration.method!r} is not one of "
+                        f"{list(CALIBRATION_METHODS)}")
+    needs_holdout = calibration.method != "none" or policy.policy != "fixed"
+    if not (0.0 < calibration.holdout_fraction < 1.0 if needs_holdout
+            else 0.0 <= calibration.holdout_fraction < 1.0):
+        raise StepError(f"{source}: calibration.holdout_fraction must be between 0 and 1 "
+                        f"(exclusive; 0 only with method none and a fixed threshold), got "
+                        f"{calibration.holdout_fraction}")
     for name in evaluation.slices:
         if name not in seen:
             raise StepError(f"{source}: evaluation.slices: {name!r} is not a feature")
@@ -221,8 +274,47 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
         validation=thresholds,
         preprocessing=preprocessing,
         evaluation=evaluation,
+        calibration=calibration,
         raw=raw,
     )
+
+
+def parse_threshold_policy(value, where: str) -> ThresholdPolicy:
+    """`evaluation.decision_threshold`: a number (fixed at it) or a mapping of ThresholdPolicy's
+    fields; absent: fixed at 0.5."""
+    if value is None:
+        return ThresholdPolicy()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        values = {"policy": "fixed", "value": value}
+    elif isinstance(value, dict):
+        values = dict(value)
+    else:
+        raise StepError(f"{where}: expected a number or a mapping with policy "
+                        f"({'/'.join(THRESHOLD_POLICIES)}), got {value!r}")
+    unknown = sorted(set(values) - set(ThresholdPolicy.__dataclass_fields__))
+    if unknown:
+        raise StepError(f"{where}: unknown key(s) {unknown}")
+    policy = str(values.pop("policy", "fixed"))
+    if policy not in THRESHOLD_POLICIES:
+        raise StepError(f"{where}.policy: {policy!r} is not one of {list(THRESHOLD_POLICIES)}")
+    numbers = {}
+    for key, number in values.items():
+        if isinstance(number, bool) or not isinstance(number, int | float) or \
+                not math.isfinite(number):
+            raise StepError(f"{where}.{key}: expected a number, got {number!r}")
+        numbers[key] = float(number)
+    parsed = ThresholdPolicy(policy=policy, **numbers)
+    if not 0.0 <= parsed.value <= 1.0:
+        raise StepError(f"{where}.value: must be between 0 and 1, got {parsed.value}")
+    if parsed.cost_false_positive < 0 or parsed.cost_false_negative < 0:
+        raise StepError(f"{where}: costs cannot be negative (cost_false_positive "
+                        f"{parsed.cost_false_positive}, cost_false_negative "
+                        f"{parsed.cost_false_negative})")
+    if policy == "min_cost" and not (parsed.cost_false_positive > 0
+                                     and parsed.cost_false_negative > 0):
+        raise StepError(f"{where}: policy min_cost needs cost_false_positive and "
+                        "cost_false_negative above 0")
+    return parsed
 
 
 def _section(raw: dict, key: str, cls, source: str):

@@ -61,6 +61,11 @@ class ExecutorIO:
         artifacts = entries.get("artifacts") or []
         return artifacts[0].get("uri") or None if artifacts else None
 
+    def declared_outputs(self) -> tuple[list[str], list[str]]:
+        """(output artifact names, output parameter names) the executor input declares."""
+        outputs = self._input.get("outputs", {})
+        return sorted(outputs.get("artifacts") or {}), sorted(outputs.get("parameters") or {})
+
     def output_uri(self, name: str) -> str | None:
         artifact = self._output_artifact(name)
         return artifact.get("uri") if artifact else None

@@ -201,6 +201,65 @@ def write_bytes(uri: str, data: bytes) -> None:
     write_stream(uri, io.BytesIO(data))
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write `data` at `uri` only if nothing is there yet: True when this call created it,
+    False when the object or file already existed (someone else's). Atomic on both sides: a
+    hard link of a complete temporary file locally; an S3 conditional write
+    (`If-None-Match: *`) remotely, which AWS S3, MinIO and moto honour (`check_exclusive_create`
+    finds a server that ignores it).
+
+    `data` should be unique to the caller (e.g. hold a random token): a PUT retried after a lost
+    answer finds its own first attempt there, and that counts as created by this call.
+    """
+    if is_s3(uri):
+        from minio.error import S3Error
+
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        try:
+            # minio's public put_object sends unknown headers as user metadata; the conditional
+            # header has to reach S3 as it is, which its PutObject primitive does.
+            client._put_object(bucket, key, data, headers={
+                "If-None-Match": "*", "Content-Type": "application/json"})
+            return True
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return read_bytes(uri) == data
+            raise _s3_error(uri, exc) from exc
+    directory = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        try:
+            os.link(tmp, uri)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def check_exclusive_create(prefix: str) -> None:
+    """StepError unless `create_exclusive` refuses a second write under `prefix` (an object
+    store that ignores `If-None-Match` would let two writers both believe they created it)."""
+    import uuid
+
+    probe = join(prefix, f".exclusive-create-probe-{uuid.uuid4().hex}")
+    try:
+        first = create_exclusive(probe, b"first")
+        second = create_exclusive(probe, b"second")
+    finally:
+        with contextlib.suppress(Exception):
+            delete(probe)
+    if not first or second:
+        raise StepError(f"{prefix}: the object store does not honour conditional writes "
+                        "(If-None-Match: *), so two writers could both win; use AWS S3, MinIO "
+                        "(RELEASE.2024-11 or later) or another store that does")
+
+
 def list_uris(prefix: str) -> list[str]:
     """Every object (S3) or file (local, recursive) under a prefix, sorted."""
     if is_s3(prefix):
@@ -220,6 +279,32 @@ def list_uris(prefix: str) -> list[str]:
     for root, _dirs, files in os.walk(prefix):
         found.extend(os.path.join(root, name) for name in files)
     return sorted(found)
+
+
+def list_objects(prefix: str) -> list[tuple[str, int, str]]:
+    """(uri, size, version tag) of every object or file under a prefix, sorted by uri. The tag
+    changes when the content is replaced: the ETag on S3, the modification time locally."""
+    if is_s3(prefix):
+        from minio.error import S3Error
+
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        try:
+            client = s3_client()
+            if not client.bucket_exists(bucket):
+                return []
+            return sorted((f"s3://{bucket}/{o.object_name}", int(o.size or 0),
+                           (o.etag or "").strip('"'))
+                          for o in client.list_objects(bucket, prefix=key, recursive=True)
+                          if not o.is_dir)
+        except S3Error as exc:
+            raise _s3_error(prefix, exc) from exc
+    found = []
+    for uri in list_uris(prefix):
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+            stat = os.stat(uri)
+            found.append((uri, stat.st_size, str(stat.st_mtime_ns)))
+    return found
 
 
 def delete(uri: str) -> None:

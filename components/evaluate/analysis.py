@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-CALIBRATION_BINS = 10
+from components.common.calibration import CALIBRATION_BINS, reliability
+
 MAX_ROC_POINTS = 200
 MISSING = "(missing)"  # how an absent slice value is shown
 CLASS_NAMES = ("negative", "positive")
@@ -46,6 +47,7 @@ def _as_arrays(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predictions(probabilities, threshold: float) -> np.ndarray:
+    """Positive iff probability >= threshold (`artifacts.model.decide`'s rule, vectorized)."""
     return (np.asarray(probabilities) >= threshold).astype(np.int64)
 
 
@@ -77,26 +79,16 @@ def roc_points(labels, probabilities, limit: int = MAX_ROC_POINTS) -> dict | Non
 
 
 def calibration(labels, probabilities, n_bins: int = CALIBRATION_BINS) -> dict:
-    """sklearn's calibration curve (uniform bins) with each bin's count, and the expected
-    calibration error: the count-weighted mean |observed rate - mean predicted probability|."""
-    from sklearn.calibration import calibration_curve
+    """The reliability curve and expected calibration error (`common.calibration`)."""
+    return reliability(labels, probabilities, n_bins)
+
+
+def roc_auc(labels, probabilities) -> float | None:
+    """ROC AUC, None for a one-class set."""
+    from sklearn.metrics import roc_auc_score
 
     y, p = _as_arrays(labels, probabilities)
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform",
-                                             pos_label=1)
-    # The same binning calibration_curve uses, for the counts it does not return.
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
-    counts = counts[counts > 0]
-    ece = float(np.sum(counts / counts.sum() * np.abs(prob_true - prob_pred))) if p.size else None
-    return {
-        "bins": n_bins,
-        "strategy": "uniform",
-        "mean_predicted": [float(v) for v in prob_pred],
-        "observed_rate": [float(v) for v in prob_true],
-        "count": [int(v) for v in counts],
-        "ece": ece,
-    }
+    return None if len(np.unique(y)) < 2 else _float(roc_auc_score(y, p))
 
 
 def overall_metrics(labels, probabilities, threshold: float) -> dict:
@@ -124,6 +116,7 @@ def overall_metrics(labels, probabilities, threshold: float) -> dict:
         "positives": positives,
         "positive_rate": float(positives / y.size),
         "predicted_positive_rate": float(y_hat.mean()),
+        "mean_probability": float(p.mean()),  # the positive rate the probabilities promise
         "decision_threshold": float(threshold),
         "auc": auc,
         "pr_auc": pr_auc,

@@ -1,10 +1,13 @@
 """Evaluate core: predict on the eval split with the model (and the baseline), analyse, bless.
 
 Reads the eval TFRecords once, streamed in batches through the model's `serving_tf_example`
-signature (and the baseline's, on the very same batches); keeps only labels, probabilities,
-slice values and a seeded reservoir sample of serialized examples, so memory does not grow
-with the examples' size. The sample then goes through `serving_default` (raw strings) for the
-counterfactual flips. Outputs are staged beside `<output>` and moved into place when complete.
+signature (and the baseline's, on the very same batches); keeps only labels, probabilities
+(calibrated `probability` and, when the model has it, `raw_probability`), slice values and a
+seeded reservoir sample of serialized examples, so memory does not grow with the examples'
+size. Decisions use each model's own decision threshold (its metadata), the config's
+`evaluation.decision_threshold.value` for a model that records none. The sample then goes
+through `serving_default` (raw strings) for the counterfactual flips. Outputs are staged beside
+`<output>` and moved into place when complete.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 EXAMPLE_SIGNATURE = model_artifact.EXAMPLE_SIGNATURE
 RAW_SIGNATURE = model_artifact.RAW_SIGNATURE
 PROBABILITY = model_artifact.OUTPUT
+RAW_PROBABILITY = model_artifact.RAW_OUTPUT
 BATCH_SIZE = 1024
 REPLACEMENTS = 3  # common values tried per feature in the counterfactuals (plus blank)
 DEFAULT_SEED = 0
@@ -152,6 +156,9 @@ class Predictor:
                                 f"{PROBABILITY!r} output (it has "
                                 f"{sorted(signatures[name].structured_outputs)})")
         self._examples_fn = signatures[EXAMPLE_SIGNATURE]
+        # Models trained before calibration answer `probability` only.
+        self.has_raw = RAW_PROBABILITY in self._examples_fn.structured_outputs
+        self.metadata = model_artifact.read_model_metadata(saved_model_dir)
         example_inputs = self._examples_fn.structured_input_signature[1]
         if len(example_inputs) != 1:
             raise StepError(f"{saved_model_dir}: the {role}'s {EXAMPLE_SIGNATURE!r} signature "
@@ -163,25 +170,39 @@ class Predictor:
                             self._raw_fn.structured_input_signature[1].items()}
                            if self._raw_fn is not None else {})
 
-    def _probabilities(self, outputs, expected: int, signature: str) -> np.ndarray:
-        p = np.asarray(outputs[PROBABILITY].numpy(), dtype=np.float64).reshape(-1)
+    def decision_threshold(self, fallback: float) -> tuple[float, str]:
+        """(threshold, source): the model's own, else `fallback` (the config's value)."""
+        if self.metadata is None:
+            return float(fallback), "config (the model records none)"
+        return float(self.metadata["decision_threshold"]), "model"
+
+    def _probabilities(self, outputs, expected: int, signature: str,
+                       name: str = PROBABILITY) -> np.ndarray:
+        p = np.asarray(outputs[name].numpy(), dtype=np.float64).reshape(-1)
         if p.size != expected:
             raise StepError(f"{self.dir}: the {self.role}'s {signature!r} returned {p.size} "
-                            f"probabilities for {expected} examples")
+                            f"'{name}' values for {expected} examples")
         if not np.all(np.isfinite(p)) or p.min() < -1e-6 or p.max() > 1 + 1e-6:
             raise StepError(f"{self.dir}: the {self.role}'s {signature!r} returned "
-                            f"'{PROBABILITY}' values outside [0, 1] (min {np.nanmin(p):.4g}, "
+                            f"'{name}' values outside [0, 1] (min {np.nanmin(p):.4g}, "
                             f"max {np.nanmax(p):.4g})")
         return np.clip(p, 0.0, 1.0)
 
     def predict_examples(self, serialized) -> np.ndarray:
         """Probabilities for a batch (a tf.string tensor) of serialized tf.Examples."""
+        return self.predict_examples_with_raw(serialized)[0]
+
+    def predict_examples_with_raw(self, serialized) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, raw probabilities or None) for a batch of serialized tf.Examples."""
         try:
             outputs = self._examples_fn(**{self._examples_input: serialized})
         except Exception as exc:  # tf.errors.* from inside the graph
             raise StepError(f"{self.dir}: the {self.role}'s {EXAMPLE_SIGNATURE!r} failed on the "
                             f"eval examples: {_first_line(exc)}") from exc
-        return self._probabilities(outputs, int(serialized.shape[0]), EXAMPLE_SIGNATURE)
+        expected = int(serialized.shape[0])
+        raw = (self._probabilities(outputs, expected, EXAMPLE_SIGNATURE, RAW_PROBABILITY)
+               if self.has_raw else None)
+        return self._probabilities(outputs, expected, EXAMPLE_SIGNATURE), raw
 
     def predict_raw(self, inputs: dict[str, list[str]]) -> np.ndarray:
         """Probabilities for raw string inputs through `serving_default`, in batches."""
@@ -205,6 +226,7 @@ class Predictor:
 class EvalPass:
     labels: np.ndarray
     probabilities: np.ndarray
+    raw_probabilities: np.ndarray | None  # before calibration (None: the model has no such output)
     baseline_probabilities: np.ndarray | None
     slice_values: dict[str, list[str]]
     sample: list[bytes] = field(default_factory=list)
@@ -224,7 +246,7 @@ def predict_eval_split(examples: str, config: DatasetConfig, model: Predictor,
     spec.update({name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in slices})
     files = split_files(examples, "eval")
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(BATCH_SIZE)
-    labels, probs, base_probs = [], [], []
+    labels, probs, raw_probs, base_probs = [], [], [], []
     values: dict[str, list[str]] = {name: [] for name in slices}
     reservoir = analysis.ReservoirSample(sample_size, seed)
     where = os.path.join(examples, "eval")
@@ -243,7 +265,10 @@ def predict_eval_split(examples: str, config: DatasetConfig, model: Predictor,
                 raise StepError(f"{where}: label {label!r} must be 0 or 1, found "
                                 f"{sorted(set(y.tolist()) - {0, 1})}")
             labels.append(y)
-            probs.append(model.predict_examples(batch))
+            p, raw = model.predict_examples_with_raw(batch)
+            probs.append(p)
+            if raw is not None:
+                raw_probs.append(raw)
             if baseline is not None:
                 base_probs.append(baseline.predict_examples(batch))
             for name in slices:
@@ -257,6 +282,7 @@ def predict_eval_split(examples: str, config: DatasetConfig, model: Predictor,
     return EvalPass(
         labels=np.concatenate(labels),
         probabilities=np.concatenate(probs),
+        raw_probabilities=np.concatenate(raw_probs) if model.has_raw else None,
         baseline_probabilities=np.concatenate(base_probs) if baseline is not None else None,
         slice_values=values,
         sample=list(reservoir.items),
@@ -345,8 +371,16 @@ def classification_metadata(overall: dict, class_names: tuple[str, str]) -> dict
 def kfp_scalars(metrics: dict) -> dict[str, float]:
     """The KFP Metrics artifact: overall scalars, fairness gaps, the baseline's scalars."""
     keys = evaluation.SCALAR_METRICS
-    scalars = {**evaluation.scalar_metrics(metrics["overall"], keys),
-               "eval_examples": metrics["eval_examples"]}
+    overall = metrics["overall"]
+    scalars = {**evaluation.scalar_metrics(overall, keys),
+               "eval_examples": metrics["eval_examples"],
+               "decision_threshold": metrics["decision_threshold"],
+               **evaluation.scalar_metrics(overall, ("positive_rate", "predicted_positive_rate",
+                                                     "mean_probability"))}
+    raw = (metrics.get("calibration") or {}).get("before")
+    if raw:
+        scalars.update({f"raw_{k}": v for k, v in evaluation.scalar_metrics(
+            raw, ("ece", "brier", "mean_probability", "predicted_positive_rate")).items()})
     for feature, entry in metrics["slices"].items():
         for metric, gap in entry["fairness"].items():
             if gap["gap"] is not None:
@@ -362,8 +396,24 @@ def _training_summary(info: dict) -> dict | None:
     if not training:
         return None
     keys = ("dataset_version", "preprocessing_hash", "signature_hash", "code_version",
-            "created_at", "hparams", "metrics")
+            "created_at", "hparams", "metrics", "decision_threshold")
     return {k: training.get(k) for k in keys if k in training}
+
+
+def calibration_before_after(data: EvalPass, threshold: float, fallback: float) -> dict | None:
+    """Calibration of the raw score (before, decided at the config's `value`: what a model
+    without calibration answered) and of `probability` (after, at the model's threshold), with
+    the AUC of both (a monotonic calibration keeps the ranking). None without a raw output."""
+    from components.common.calibration import summary
+
+    if data.raw_probabilities is None:
+        return None
+    out = {}
+    for name, p, t in (("before", data.raw_probabilities, fallback),
+                       ("after", data.probabilities, threshold)):
+        out[name] = summary(data.labels, p, t)
+        out[name]["auc"] = analysis.roc_auc(data.labels, p)
+    return out
 
 
 def evaluate(model: str, examples: str, output: str, config: DatasetConfig,
@@ -380,13 +430,15 @@ def evaluate(model: str, examples: str, output: str, config: DatasetConfig,
     rules = blessing_rules(config, thresholds_path)
     saved_model_dir, model_info = describe_local_model(model, "--model")
     spec = config.evaluation
-    threshold = spec.decision_threshold
+    fallback = spec.decision_threshold.value
     # S3 registry versions are downloaded here; loaded models no longer need their files.
     with tempfile.TemporaryDirectory(prefix="evaluate-baseline-") as download_dir:
         baseline_dir, baseline_info = (resolve_baseline(baseline_ref, download_dir)
                                        if baseline_ref else (None, None))
         predictor = Predictor(saved_model_dir, "model", need_raw=True)
         baseline = Predictor(baseline_dir, "baseline", need_raw=False) if baseline_dir else None
+    threshold, threshold_source = predictor.decision_threshold(fallback)
+    baseline_threshold = baseline.decision_threshold(fallback)[0] if baseline else None
     loaded = time.monotonic()  # after TensorFlow's import and model loading
     data = predict_eval_split(examples, config, predictor, baseline,
                               spec.counterfactual_sample, seed)
@@ -404,7 +456,8 @@ def evaluate(model: str, examples: str, output: str, config: DatasetConfig,
                         "fairness": analysis.fairness_gaps(rows)}
     dependence = feature_dependence(predictor, data.sample, config, threshold, seed)
     baseline_overall = (analysis.overall_metrics(data.labels, data.baseline_probabilities,
-                                                 threshold) if baseline else None)
+                                                 baseline_threshold) if baseline else None)
+    calibration_report = calibration_before_after(data, threshold, fallback)
     decision = blessing.decide(overall, rules["thresholds"], rules["baseline_tolerance"],
                                baseline_overall)
     if baseline_ref and baseline is None:
@@ -430,7 +483,9 @@ def evaluate(model: str, examples: str, output: str, config: DatasetConfig,
         "examples": examples,
         "eval_examples": int(data.labels.size),
         "decision_threshold": threshold,
+        "decision_threshold_source": threshold_source,
         "overall": overall,
+        "calibration": calibration_report,
         "slices": slices,
         "feature_dependence": dependence,
         "baseline": ({**baseline_entry, "overall": baseline_overall}
@@ -461,9 +516,11 @@ def evaluate(model: str, examples: str, output: str, config: DatasetConfig,
     with staged_output(output, last=evaluation.BLESSING_FILE) as staging:
         write_report(os.path.join(staging, evaluation.REPORT_FILE), metrics, blessing_doc, config)
         evaluation.write(staging, metrics, blessing_doc)
-    log.info("evaluated %s on %s (%d eval examples): auc %s; %s; %.1f s", model_entry["model_id"],
-             metadata.get("dataset_version"), data.labels.size, overall["auc"],
-             blessing.one_line(decision), time.monotonic() - started)
+    log.info("evaluated %s on %s (%d eval examples): auc %s, ece %s (before calibration %s), "
+             "threshold %.4g (%s); %s; %.1f s", model_entry["model_id"],
+             metadata.get("dataset_version"), data.labels.size, overall["auc"], overall["ece"],
+             (calibration_report or {}).get("before", {}).get("ece"), threshold,
+             threshold_source, blessing.one_line(decision), time.monotonic() - started)
     class_names = (config.label.negative[0], config.label.positive[0])
     return {"metrics": metrics, "blessing": blessing_doc,
             "classification_metrics": classification_metadata(overall, class_names)}

@@ -2,8 +2,9 @@
 
 One self-contained HTML file (components/common/html_report.py: inline CSS, matplotlib PNGs
 embedded as data URIs, no scripts or CDNs) so it renders in the Kubeflow UI's HTML viewer and
-offline. Plots: ROC and calibration (model against baseline), per-slice recall and false-positive
-rate, fairness gaps, and feature dependence from the counterfactual flips.
+offline. Plots: ROC and calibration (model against baseline; the model's reliability before and
+after calibration), per-slice recall and false-positive rate, fairness gaps, and feature
+dependence from the counterfactual flips.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from components.common.html_report import (
 )
 from components.evaluate.blessing import LOWER_IS_BETTER
 
-MODEL_COLOR, BASELINE_COLOR = "#1f77b4", "#7f7f7f"
+MODEL_COLOR, BASELINE_COLOR, RAW_COLOR = "#1f77b4", "#7f7f7f", "#ff7f0e"
 RECALL_COLOR, FPR_COLOR = "#2ca02c", "#d62728"
 MAX_SLICE_BARS = 20
 MAX_SLICE_ROWS = 100
@@ -48,16 +49,20 @@ def roc_plot(overall: dict, baseline: dict | None) -> str:
     return img(fig, "ROC curve")
 
 
-def calibration_plot(overall: dict, baseline: dict | None) -> str:
+def calibration_plot(overall: dict, baseline: dict | None, raw: dict | None = None) -> str:
+    """Reliability curves: the model's `probability`, its score before calibration (`raw`,
+    when the model has one) and the baseline's."""
     fig = figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls=":", color="#999", lw=1, label="perfectly calibrated")
-    for name, metrics, color in (("model", overall, MODEL_COLOR),
-                                 ("baseline", baseline, BASELINE_COLOR)):
+    for name, metrics, color, style in (
+            ("model before calibration", raw, RAW_COLOR, "s--"),
+            ("model" if raw is None else "model (calibrated)", overall, MODEL_COLOR, "o-"),
+            ("baseline", baseline, BASELINE_COLOR, "o-")):
         if not metrics:
             continue
         cal = metrics["calibration"]
-        ax.plot(cal["mean_predicted"], cal["observed_rate"], "o-", color=color, lw=1.5, ms=4,
+        ax.plot(cal["mean_predicted"], cal["observed_rate"], style, color=color, lw=1.5, ms=4,
                 label=f"{name} (ECE {num(cal['ece'], '.3f')})")
     ax.set(xlabel="mean predicted probability (bin)", ylabel="observed positive rate",
            title=f"Calibration ({overall['calibration']['bins']} bins)", xlim=(0, 1),
@@ -158,6 +163,24 @@ def _overall_table(overall: dict, baseline: dict | None) -> str:
     return "<table>" + "".join(rows) + extra + "</table>"
 
 
+def _calibration_table(calibration: dict) -> str:
+    """Before (the raw score) and after calibration, with the actual positive rate."""
+    before, after = calibration["before"], calibration["after"]
+    rows = [("ECE", "ece", ".4f"), ("Brier score", "brier", ".4f"),
+            ("log loss", "log_loss", ".4f"), ("AUC", "auc", ".4f"),
+            ("mean probability", "mean_probability", ".1%"),
+            ("decision threshold", "decision_threshold", ".4f"),
+            ("predicted positive rate", "predicted_positive_rate", ".1%")]
+    out = ["<table><tr><th></th><th>before calibration</th><th>calibrated</th></tr>"]
+    for label, key, spec in rows:
+        out.append(f"<tr><td>{e(label)}</td><td class='num'>{n(before.get(key), spec)}</td>"
+                   f"<td class='num'>{n(after.get(key), spec)}</td></tr>")
+    out.append(f"<tr><td>actual positive rate</td>"
+               f"<td class='num' colspan='2'>{n(after['positive_rate'], '.1%')}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
 def _confusion_table(overall: dict, class_names: tuple[str, str]) -> str:
     (tn, fp), (fn, tp) = overall["confusion_matrix"]["matrix"]
     neg, pos = (e(c) for c in class_names)
@@ -235,13 +258,17 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
         baseline_text = e(base.get("note") or "none")
     training = model.get("training") or {}
     trained_on = training.get("dataset_version")
+    policy = (training.get("decision_threshold") or {}).get("policy")
+    threshold_source = metrics.get("decision_threshold_source") or "config"
+    if threshold_source == "model" and policy:
+        threshold_source = f"the model's, policy {policy}"
     out = [
         f"<h1>Model evaluation: {e(config.name)} model {e(model['model_id'])}</h1>",
         f"<p>{status}. Evaluated on {metrics['eval_examples']} eval examples of "
         f"{e(metrics['dataset_version'])}"
         + (f" (trained on {e(trained_on)})" if trained_on else "")
-        + f"; decision threshold {metrics['decision_threshold']}. Baseline: {baseline_text}."
-        "</p>",
+        + f"; decision threshold {num(metrics['decision_threshold'], '.4g')} "
+        f"({e(threshold_source)}). Baseline: {baseline_text}.</p>",
         "<h2>Blessing</h2>",
         *_blessing_section(blessing),
         "<h2>Overall metrics</h2>",
@@ -250,8 +277,19 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
     ]
     for note in overall["notes"]:
         out.append(f"<p class='muted'>{e(note)}</p>")
+    calibration = metrics.get("calibration")
+    raw = calibration["before"] if calibration else None
     out += ["<div class='plots'>", roc_plot(overall, baseline),
-            calibration_plot(overall, baseline), "</div>"]
+            calibration_plot(overall, baseline, raw), "</div>"]
+    if calibration:
+        out += ["<h2>Calibration</h2>",
+                "<p class='muted'>The model's probability is calibrated inside the SavedModel; "
+                "before calibration is its raw score (raw_probability), decided at the config's "
+                "fixed threshold. The mean probability is the positive rate the probabilities "
+                "promise; the actual rate is the eval set's. The calibration is monotonic, so "
+                "it does not reorder the scores: the AUC stays (an isotonic step can tie a "
+                "few).</p>",
+                "<div class='plots'>", _calibration_table(calibration), "</div>"]
 
     slices = metrics["slices"]
     if slices:

@@ -59,8 +59,10 @@ def main(argv=None) -> int:
         "rows_eval": metadata["rows"]["eval"],
         "rows_dropped": sum(metadata["dropped"].values()),
         "dataset_config": metadata["dataset_config"]["fingerprint"],
+        "new_data": metadata["new_data"],
     })
     executor.parameter("dataset_version", metadata["dataset_version"])
+    executor.parameter("new_data", metadata["new_data"])
     executor.write()
     return 0
 

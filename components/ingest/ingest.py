@@ -61,7 +61,9 @@ def resolve_columns(header: list[str], config: DatasetConfig, source: str) -> di
 
 def ingest(source: str, output: str, config: DatasetConfig,
            options: IngestOptions = IngestOptions()) -> dict:
-    """Run ingestion; returns the metadata that is also written to `<output>/metadata.json`."""
+    """Run ingestion; returns the metadata that is also written to `<output>/metadata.json`,
+    plus `new_data`: false when the store already held this dataset version (true without a
+    store)."""
     eval_fraction = check_eval_fraction(
         config.eval_fraction if options.eval_fraction is None else options.eval_fraction,
         "--eval-fraction",
@@ -185,13 +187,18 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
         "seconds": round(seconds, 3),
     }
     examples.write_metadata(staging, metadata)
+    new_data = True  # without a store every run's data counts as new
     if options.store:
-        data_store.snapshot(source, options.store, version, sha256_hex, summary,
-                            examples_dir=staging)
+        _, new_data = data_store.snapshot(source, options.store, version, sha256_hex, summary,
+                                          examples_dir=staging)
     log.info(
         "ingested %s as %s: %d rows read, %d train, %d eval, dropped %s, %.1f s (%.0f rows/s)",
         source, version, rows_read, kept["train"], kept["eval"], dict(dropped) or "none",
         seconds, rows_read / max(seconds, 1e-9),
     )
-    return metadata
+    if not new_data:
+        log.info("no new data: %s is already in the store %s; the rest of the run skips itself",
+                 version, options.store)
+    # Not in metadata.json (the examples are the same either way): the run's view of the data.
+    return {**metadata, "new_data": new_data}
 

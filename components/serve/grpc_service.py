@@ -1,8 +1,10 @@
 """TensorFlow Serving's gRPC API through tensorflow-serving-api's own protos and stubs.
 
 PredictionService.Predict and GetModelMetadata, ModelService.GetModelStatus. Predict takes one
-DT_STRING tensor per feature (the `serving_default` inputs) and answers `probability`; the
-response's `model_spec.version` names the version that answered.
+DT_STRING tensor per feature (the `serving_default` inputs) and answers `probability`
+(DT_FLOAT, calibrated), `decision` (DT_BOOL, probability >= the version's threshold) and
+`decision_threshold` (DT_DOUBLE scalar); the response's `model_spec.version` names the version
+that answered.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.serve.models import OUTPUT, SIGNATURE, BadRequest, NotFound
+from components.serve.models import (
+    DECISION_OUTPUT,
+    OUTPUT,
+    SIGNATURE,
+    THRESHOLD_OUTPUT,
+    BadRequest,
+    NotFound,
+)
 from components.serve.service import KEY_FIELDS, Service
 
 log = logging.getLogger(__name__)
@@ -97,10 +106,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.signature_name = SIGNATURE
             from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+            shape = tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(outputs))])
             response.outputs[OUTPUT].CopyFrom(tensor_pb2.TensorProto(
-                dtype=types_pb2.DT_FLOAT, float_val=outputs,
-                tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(outputs))])))
+                dtype=types_pb2.DT_FLOAT, float_val=outputs, tensor_shape=shape))
+            response.outputs[DECISION_OUTPUT].CopyFrom(tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_BOOL, bool_val=model.decide(outputs), tensor_shape=shape))
+            response.outputs[THRESHOLD_OUTPUT].CopyFrom(tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_DOUBLE, double_val=[model.decision_threshold],
+                tensor_shape=tensor_shape_pb2.TensorShapeProto()))
             return response
         except BadRequest as exc:
             code = grpc.StatusCode.INVALID_ARGUMENT

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 SIGNATURE = model_artifact.RAW_SIGNATURE
 OUTPUT = model_artifact.OUTPUT
+# What the server adds beside `probability` (REST: `decisions`, `decision_threshold`).
+DECISION_OUTPUT = "decision"
+THRESHOLD_OUTPUT = "decision_threshold"
 
 
 class NotFound(Exception):
@@ -43,7 +46,9 @@ class BadRequest(Exception):
 # One loaded version.
 
 class LoadedModel:
-    """A SavedModel version with its `serving_default` function and signature metadata."""
+    """A SavedModel version with its `serving_default` function, signature metadata and
+    decision threshold (the model's own; `DEFAULT_DECISION_THRESHOLD` for a version trained
+    before thresholds were chosen)."""
 
     def __init__(self, version: int, path: str, temp_dir: str | None = None):
         import tensorflow as tf
@@ -57,6 +62,8 @@ class LoadedModel:
         self._fn = self._saved.signatures[SIGNATURE]
         self.features: list[str] = sorted(self._fn.structured_input_signature[1])
         self.signature_defs = model_artifact.signature_defs(path)
+        self.decision_threshold, self.threshold_source = model_artifact.decision_threshold_of(
+            path)
         self.predict({name: [""] for name in self.features})  # warm up before it takes traffic
 
     def predict(self, columns: Mapping[str, Sequence[str]]) -> list[float]:
@@ -66,6 +73,10 @@ class LoadedModel:
         tensors = {name: tf.constant(list(columns[name]), dtype=tf.string)
                    for name in self.features}
         return [float(p) for p in self._fn(**tensors)[OUTPUT].numpy().reshape(-1)]
+
+    def decide(self, probabilities: Sequence[float]) -> list[bool]:
+        """One decision per probability: probability >= this version's threshold."""
+        return model_artifact.decide(probabilities, self.decision_threshold)
 
     def close(self) -> None:
         self._fn = None

@@ -13,6 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from components.serve import log_receiver
 from components.serve.models import BadRequest, LoadedModel, ModelManager, NotFound
 from components.serve.prediction_log import PredictionLog
 from components.serve.service import Service, key_of, rows_from_columns, rows_from_instances
@@ -44,6 +45,7 @@ class RestHandler(BaseHTTPRequestHandler):
     server_version = "cfpb-serve/1"
     service: Service
     max_request_bytes: int
+    event_receiver: log_receiver.LogReceiver | None = None  # POST /v1/log (with --log-store)
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -105,6 +107,8 @@ class RestHandler(BaseHTTPRequestHandler):
             return self._error(404, str(exc))
 
     def do_POST(self):  # noqa: N802 - the stdlib's name
+        if self.event_receiver is not None and self.path.split("?", 1)[0] == log_receiver.PATH:
+            return self._log_event()  # KServe payload-logger events (log_receiver.py)
         started = time.perf_counter()
         version_label = "none"
         try:
@@ -133,7 +137,9 @@ class RestHandler(BaseHTTPRequestHandler):
             else:
                 rows = rows_from_columns(data, model.features)
             outputs = self.service.predict(model, rows, key)
-            self._send(200, {"predictions": outputs, "model_version": str(model.version)})
+            self._send(200, {"predictions": outputs, "decisions": model.decide(outputs),
+                             "decision_threshold": model.decision_threshold,
+                             "model_version": str(model.version)})
             code = 200
         except HttpError as exc:
             code = exc.status
@@ -150,6 +156,15 @@ class RestHandler(BaseHTTPRequestHandler):
             self._error(code, f"prediction failed: {type(exc).__name__}: {exc}")
         self.service.metrics.observe("rest", version_label, str(code),
                                      time.perf_counter() - started if code == 200 else None)
+
+    def _log_event(self) -> None:
+        try:
+            body = self._read_body()
+        except HttpError as exc:
+            return self._error(exc.status, str(exc))
+        _, _, query = self.path.partition("?")
+        status, answer = self.event_receiver.receive(dict(self.headers.items()), body, query)
+        return self._send(status, answer)
 
     def _check_name(self, name: str) -> None:
         if name != self.service.manager.model_name:
@@ -226,6 +241,9 @@ class ModelServer:
         self.service = Service(self.manager, self.prediction_log)
         self.host = host
         self._rest = make_rest_server(self.service, host, rest_port, max_request_bytes)
+        if self.prediction_log is not None:  # POST /v1/log: KServe payload-logger events
+            self._rest.RequestHandlerClass.event_receiver = log_receiver.LogReceiver(
+                self.prediction_log)
         self.rest_port = self._rest.server_address[1]
         self._grpc = None
         self.grpc_port = None

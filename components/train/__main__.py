@@ -16,8 +16,10 @@ from components.common.cli import (
 def build_parser() -> StepArgumentParser:
     parser = StepArgumentParser(
         "train",
-        description="Train the wide-and-deep model on transformed features and export a "
-                    "SavedModel that takes raw features (preprocessing inside).",
+        description="Train the wide-and-deep model on transformed features, calibrate its "
+                    "probabilities and choose its decision threshold on a held-out part of "
+                    "the train split, and export a SavedModel that takes raw features "
+                    "(preprocessing and calibration inside).",
     )
     parser.add_argument("--examples", required=True,
                         help="output directory of the ingest step (or its s3:// URI)")
@@ -55,6 +57,9 @@ def main(argv=None) -> int:
         "signature_hash": info["signature_hash"],
         "hparams": info["hparams"],
         "epochs_run": info["epochs_run"],
+        "calibration": info["calibration"]["method"],
+        "decision_threshold": info["decision_threshold"]["value"],
+        "threshold_policy": info["decision_threshold"]["policy"],
     })
     executor.artifact("metrics", {name: round(v, 6) for name, v in info["metrics"].items()})
     executor.parameter("model_id", info["model_id"])

@@ -1,4 +1,6 @@
-"""Training core: fit the wide-and-deep model, export a SavedModel that takes raw features."""
+"""Training core: fit the wide-and-deep model on the train split minus the calibration holdout,
+calibrate its scores and choose the decision threshold on that holdout, and export a SavedModel
+that takes raw features and answers calibrated probabilities (see calibration.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def class_weights(label_counts: dict) -> dict[int, float]:
     positive, negative = label_counts["positive"], label_counts["negative"]
     if not positive or not negative:
         raise StepError(
-            f"the train split has {positive} positive and {negative} negative rows; both "
+            f"the train split (without the calibration holdout) has {positive} positive and "
+            f"{negative} negative rows; both "
             "classes are needed to train a classifier"
         )
     total = positive + negative
@@ -51,41 +54,152 @@ class _EpochLog:
         return EpochLog()
 
 
+def train_split_part(examples: str, config: DatasetConfig, part: str, batch_size: int,
+                     shuffle_buffer: int = 0, seed: int | None = None):
+    """Batches of (raw feature dict, label) of one part of the train split: `fit` (what the
+    network trains on) or `holdout` (the calibration holdout, `calibration.holdout_mask` of
+    the id). With `shuffle_buffer`, records are shuffled (seeded) before the split."""
+    import tensorflow as tf
+
+    from components.common.artifacts.examples import feature_spec, split_files
+    from components.train.calibration import holdout_mask
+
+    if part not in ("fit", "holdout"):
+        raise ValueError(f"part must be fit or holdout, got {part!r}")
+    spec = feature_spec(config)
+    id_name, label = config.id_feature, config.label.feature
+    id_is_feature = id_name in spec
+    spec.setdefault(id_name, tf.io.FixedLenFeature([], tf.string, default_value=""))
+    fraction, salt = config.calibration.holdout_fraction, config.split_salt
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        ids = parsed[id_name] if id_is_feature else parsed.pop(id_name)
+        held = holdout_mask(ids, fraction, salt)
+        keep = held if part == "holdout" else tf.logical_not(held)
+        y = parsed.pop(label)
+        return ({name: tf.boolean_mask(values, keep) for name, values in parsed.items()},
+                tf.boolean_mask(y, keep))
+
+    dataset = tf.data.TFRecordDataset(split_files(examples, "train"), compression_type="GZIP")
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    return (dataset.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .unbatch().batch(batch_size))
+
+
 def _datasets(examples: str, config: DatasetConfig, preprocessing, hparams: dict, cache_dir: str):
-    """Preprocessing runs once (first epoch) and is cached to disk, not redone every epoch."""
+    """The fit part of the train split and the eval split, preprocessed. Preprocessing runs
+    once (first epoch) and is cached to disk, not redone every epoch."""
     import tensorflow as tf
 
     from components.common.artifacts.examples import raw_dataset
 
-    def transformed(split: str, shuffle: bool):
-        dataset = raw_dataset(examples, split, config, hparams["batch_size"],
-                              shuffle_buffer=SHUFFLE_BUFFER if shuffle else 0,
-                              seed=hparams["seed"])
+    def transformed(dataset, name: str, shuffle: bool):
         dataset = dataset.map(lambda x, y: (preprocessing(x), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.cache(os.path.join(cache_dir, split))
+        dataset = dataset.cache(os.path.join(cache_dir, name))
         if shuffle:
             dataset = dataset.shuffle(256, seed=hparams["seed"], reshuffle_each_iteration=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
-    return transformed("train", True), transformed("eval", False)
+    fit = train_split_part(examples, config, "fit", hparams["batch_size"],
+                           shuffle_buffer=SHUFFLE_BUFFER, seed=hparams["seed"])
+    evaluation = raw_dataset(examples, "eval", config, hparams["batch_size"])
+    return transformed(fit, "fit", True), transformed(evaluation, "eval", False)
 
 
-def export_serving_model(model, preprocessing, config: DatasetConfig, path: str) -> dict:
-    """SavedModel with `serving_default` (raw strings) and `serving_tf_example` signatures."""
+def holdout_label_counts(examples: str, config: DatasetConfig) -> dict[str, int]:
+    """{"positive", "negative"} of the calibration holdout (ids and labels parsed only)."""
+    import tensorflow as tf
+
+    from components.common.artifacts.examples import split_files
+    from components.train.calibration import holdout_mask
+
+    id_name, label = config.id_feature, config.label.feature
+    spec = {id_name: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            label: tf.io.FixedLenFeature([], tf.int64)}
+    positive = total = 0
+    records = tf.data.TFRecordDataset(split_files(examples, "train"), compression_type="GZIP")
+    for batch in records.batch(4096):
+        parsed = tf.io.parse_example(batch, spec)
+        held = holdout_mask(parsed[id_name], config.calibration.holdout_fraction,
+                            config.split_salt)
+        y = tf.boolean_mask(parsed[label], held).numpy()
+        positive += int(y.sum())
+        total += int(y.size)
+    return {"positive": positive, "negative": total - positive}
+
+
+def holdout_scores(model, preprocessing, examples: str, config: DatasetConfig):
+    """(labels, raw scores) of the calibration holdout as numpy arrays, scored as the serving
+    functions score."""
+    import numpy as np
+
+    labels, scores = [], []
+    for features, y in train_split_part(examples, config, "holdout", 1024):
+        labels.append(y.numpy())
+        scores.append(np.asarray(model(preprocessing(features), training=False)).reshape(-1))
+    if not labels:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def needs_holdout(config: DatasetConfig) -> bool:
+    return (config.calibration.method != "none"
+            or config.evaluation.decision_threshold.policy != "fixed")
+
+
+def calibrate_and_choose(labels, raw, config: DatasetConfig, where: str) -> dict:
+    """Fit the configured calibration on the holdout and choose the decision threshold on its
+    calibrated probabilities. Returns the calibration parameters, the threshold and the
+    holdout's figures before and after (for the lineage)."""
+    import numpy as np
+
+    from components.common import calibration as metrics
+    from components.common.artifacts.model import DEFAULT_DECISION_THRESHOLD
+    from components.train import calibration
+
+    spec, policy = config.calibration, config.evaluation.decision_threshold
+    if needs_holdout(config):
+        calibration.check_holdout(int(np.sum(labels)), len(labels), where)
+    parameters = calibration.fit(spec.method, labels, raw, where)
+    calibrated = calibration.calibrate_numpy(raw, parameters) if len(raw) else raw
+    threshold = calibration.choose_threshold(policy, labels, calibrated)
+    # Figures at the threshold are the holdout's either way (none without a holdout).
+    threshold["computed_on"] = ("config (fixed)" if policy.policy == "fixed"
+                                else "calibration holdout")
+    holdout = {"method": calibration.HOLDOUT_METHOD, "fraction": spec.holdout_fraction,
+               "salt": config.split_salt, "rows": int(len(labels)),
+               "positives": int(np.sum(labels))}
+    if len(labels):
+        # In-sample for the calibration (fitted on these rows); evaluate measures on eval.
+        holdout["before"] = metrics.summary(labels, raw, DEFAULT_DECISION_THRESHOLD)
+        holdout["after"] = metrics.summary(labels, calibrated, threshold["value"])
+    return {"parameters": parameters, "threshold": threshold, "holdout": holdout}
+
+
+def export_serving_model(model, preprocessing, config: DatasetConfig, path: str,
+                         calibration_parameters: dict | None = None) -> dict:
+    """SavedModel with `serving_default` (raw strings) and `serving_tf_example` signatures,
+    both answering `probability` (calibrated by `calibration_parameters`, the identity when
+    None) and `raw_probability` (the network's score)."""
     import keras
     import tensorflow as tf
 
     from components.common.artifacts.examples import feature_spec
+    from components.train.calibration import calibrate
 
     features = config.feature_names
+    parameters = calibration_parameters or {"method": "none"}
     archive = keras.export.ExportArchive()
     archive.track(preprocessing)
     archive.track(model)
 
     def predict(raw):
-        return {model_artifact.OUTPUT: tf.reshape(model(preprocessing(raw), training=False),
-                                                  [-1])}
+        score = tf.reshape(model(preprocessing(raw), training=False), [-1])
+        return {model_artifact.OUTPUT: calibrate(score, parameters),
+                model_artifact.RAW_OUTPUT: score}
 
     def serve_examples(examples):
         return predict(tf.io.parse_example(examples, feature_spec(config, with_label=False)))
@@ -117,8 +231,8 @@ def tf_version() -> str:
 
 def train(examples: str, transform_dir: str, output: str, config: DatasetConfig,
           hparams: dict) -> dict:
-    """Train and export; `examples` and `transform_dir` may be s3:// URIs (a Katib trial pod
-    reads them from MinIO): they are downloaded to temporary directories first."""
+    """Train, calibrate and export; `examples` and `transform_dir` may be s3:// URIs (a Katib
+    trial pod reads them from MinIO): they are downloaded to temporary directories first."""
     from components.common import storage
 
     with storage.local_directory(examples, "examples-") as local_examples, \
@@ -150,7 +264,16 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
     warnings.filterwarnings("ignore", message=r".*shuffle=True.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=r".*ran out of data.*", category=UserWarning)
     keras.utils.set_random_seed(hparams["seed"])
-    weights = class_weights(metadata["label_counts"]["train"])
+    held = holdout_label_counts(examples, config)
+    if needs_holdout(config):  # before training: fail fast
+        from components.train.calibration import check_holdout
+
+        check_holdout(held["positive"], held["positive"] + held["negative"],
+                      f"{examples}: train split")
+    fit_counts = {k: metadata["label_counts"]["train"][k] - held[k]
+                  for k in ("positive", "negative")}
+    fit_rows = fit_counts["positive"] + fit_counts["negative"]
+    weights = class_weights(fit_counts)
     with staged_output(output, last=model_artifact.TRAINING_FILE) as staging:
         cache_dir = tempfile.mkdtemp(prefix="train-cache-")
         try:
@@ -160,7 +283,7 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
                 train_ds, validation_data=eval_ds, epochs=hparams["epochs"],
                 class_weight=weights, verbose=0,
                 callbacks=[
-                    _EpochLog(metadata["rows"]["train"]),
+                    _EpochLog(fit_rows),
                     keras.callbacks.EarlyStopping(
                         monitor="val_auc", mode="max", restore_best_weights=True,
                         patience=hparams["early_stopping_patience"]),
@@ -174,8 +297,20 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
         metrics = {k: float(v) for k, v in evaluated.items()}
         if not all(math.isfinite(v) for v in metrics.values()):
             raise StepError(f"training diverged (eval metrics {metrics}); lower learning_rate")
+        labels, raw = holdout_scores(model, preprocessing, examples, config)
+        calibrated = calibrate_and_choose(labels, raw, config, f"{examples}: train split")
+        threshold = calibrated["threshold"]
         model_path = model_artifact.saved_model_dir(staging)
-        signatures = export_serving_model(model, preprocessing, config, model_path)
+        signatures = export_serving_model(model, preprocessing, config, model_path,
+                                          calibrated["parameters"])
+        # Inside the SavedModel (before its id is computed): it travels with every version.
+        model_artifact.write_model_metadata(model_path, {
+            "decision_threshold": threshold["value"],
+            "threshold_policy": threshold["policy"],
+            "calibration": calibrated["parameters"]["method"],
+            "outputs": {model_artifact.OUTPUT: "calibrated probability of the positive class",
+                        model_artifact.RAW_OUTPUT: "the network's score before calibration"},
+        })
         seconds = time.monotonic() - started
         epochs_run = len(history.history["loss"])
         info = {
@@ -188,17 +323,25 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
             "metrics": metrics,
             "epochs_run": epochs_run,
             "class_weights": weights,
-            "rows": {"train": metadata["rows"]["train"], "eval": metadata["rows"]["eval"]},
+            "rows": {"train": metadata["rows"]["train"], "fit": fit_rows,
+                     "calibration": calibrated["holdout"]["rows"],
+                     "eval": metadata["rows"]["eval"]},
+            "calibration": {"method": calibrated["parameters"]["method"],
+                            "parameters": calibrated["parameters"],
+                            "holdout": calibrated["holdout"]},
+            "decision_threshold": threshold,
             "architecture": "wide_and_deep",
             # which TensorFlow exported the SavedModel: what a server must be able to load
             "tensorflow_version": tf_version(),
             "code_version": code_version(),
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),
-            "examples_per_second": round(
-                metadata["rows"]["train"] * epochs_run / max(seconds, 1e-9), 1),
+            "examples_per_second": round(fit_rows * epochs_run / max(seconds, 1e-9), 1),
         }
         model_artifact.write(staging, info, metrics)
-    log.info("trained %s on %s in %d epochs, %.1f s: eval auc=%.4f", info["model_id"],
-             info["dataset_version"], epochs_run, seconds, metrics.get("auc", float("nan")))
+    log.info("trained %s on %s in %d epochs, %.1f s: eval auc=%.4f; calibration %s on %d "
+             "held-out rows, decision threshold %.4f (%s)", info["model_id"],
+             info["dataset_version"], epochs_run, seconds, metrics.get("auc", float("nan")),
+             info["calibration"]["method"], info["rows"]["calibration"], threshold["value"],
+             threshold["policy"])
     return info

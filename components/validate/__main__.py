@@ -35,6 +35,11 @@ def build_parser() -> StepArgumentParser:
                         help="data store (directory or s3://bucket/prefix) to take the previous "
                              "data version from, when --baseline-examples is not given")
     add_dataset_config(parser)
+    parser.add_argument("--beam-pipeline-args", type=optional_str, default=None,
+                        help="Beam flags for the statistics, as one string (as TFX takes them): "
+                             "'--direct_num_workers=2 --direct_running_mode=multi_processing', or "
+                             "a cluster's '--runner=FlinkRunner --flink_master=host:8081 ...'; "
+                             "default: one process (Beam's FnApiRunner in memory)")
     parser.add_argument("--fail-on-anomalies", nargs="?", const=True, default=False,
                         type=parse_bool, metavar="BOOL",
                         help="exit non-zero when anomalies are found (outputs are still written)")
@@ -43,8 +48,20 @@ def build_parser() -> StepArgumentParser:
     return parser
 
 
+def joined_beam_args(argv: list[str]) -> list[str]:
+    """`--beam-pipeline-args VALUE` as `--beam-pipeline-args=VALUE`: a value that is one Beam
+    flag (`--direct_num_workers=2`, no space) would otherwise look like an option to argparse.
+    Kubeflow passes the flag and its value as two items."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] == "--beam-pipeline-args":
+            out[i:i + 2] = [f"--beam-pipeline-args={out[i + 1]}"]
+            break
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(joined_beam_args(sys.argv[1:] if argv is None else argv))
     from components.common.dataset_config import load_dataset_config
     from components.common.errors import StepError
     from components.common.kfp_executor import ExecutorIO
@@ -53,7 +70,7 @@ def main(argv=None) -> int:
     executor = ExecutorIO(args.executor_input)
     config = load_dataset_config(args.dataset_config)
     summary = validate(args.examples, args.output, config, args.schema, args.baseline_examples,
-                       args.baseline_store)
+                       args.baseline_store, args.beam_pipeline_args)
     report = os.path.join(args.output, REPORT_FILE)
     copy_to_output(report, args.report)
     executor.artifact("statistics", {

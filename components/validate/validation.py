@@ -52,23 +52,47 @@ def _stats_options(config: DatasetConfig, schema=None):
                              use_sketch_based_topk_uniques=True)
 
 
-def _beam_options():
-    """Beam's FnApiRunner in-process: the DirectRunner would first try to download Prism."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+def beam_options(beam_pipeline_args: str | None = None):
+    """Beam's options from `--beam-pipeline-args`, a string of Beam flags as TFX takes them
+    (`--direct_num_workers=2 --direct_running_mode=multi_processing`, or a cluster's
+    `--runner=FlinkRunner --flink_master=host:8081 ...`). Without `--runner`: the FnApiRunner
+    in this process (Beam's DirectRunner would first try to download Prism). A flag Beam
+    cannot parse is a one-line error, before any work."""
+    import contextlib
+    import io
+    import shlex
 
-    workers = int(os.environ.get("BEAM_DIRECT_NUM_WORKERS", "1"))
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    try:
+        flags = shlex.split(beam_pipeline_args or "")
+    except ValueError as exc:
+        raise StepError(f"--beam-pipeline-args: {exc}: {beam_pipeline_args!r}") from None
+    options = PipelineOptions(flags)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            options.get_all_options()  # parses every flag Beam knows (argparse exits on a bad one)
+    except SystemExit:
+        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+        reason = lines[-1].split("error: ", 1)[-1] if lines else "cannot be parsed"
+        raise StepError(f"--beam-pipeline-args: {reason}") from None
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "FnApiRunner"
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # our own lines say the rates
-    return PipelineOptions(flags=[], runner="FnApiRunner", direct_num_workers=workers,
-                           direct_running_mode="in_memory" if workers == 1 else "multi_processing")
+    return options
 
 
-def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, schema=None) -> dict:
-    """Statistics per split from the TFRecords (never from CSV), written in TFDV's binary format."""
+def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, schema=None,
+                       beam_pipeline_args: str | None = None) -> dict:
+    """Statistics per split from the TFRecords (never from CSV), written in TFDV's binary format;
+    computed by the Beam runner `beam_pipeline_args` select (see `beam_options`)."""
     import tensorflow_data_validation as tfdv
 
     metadata = read_metadata(examples)
     stats = {}
     options = _stats_options(config, schema)
+    pipeline_options = beam_options(beam_pipeline_args)
     for split in SPLITS:
         if not metadata["rows"].get(split):
             continue
@@ -80,7 +104,7 @@ def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, sc
                 split_pattern(examples, split),
                 output_path=os.path.join(scratch, "stats.tfrecord"),
                 stats_options=options,
-                pipeline_options=_beam_options(),
+                pipeline_options=pipeline_options,
             )
         # TFX's layout: a binary DatasetFeatureStatisticsList (tfdv.load_stats_binary reads it).
         with open(os.path.join(split_dir, STATS_FILE), "wb") as handle:
@@ -183,17 +207,21 @@ def _measurements(proto) -> dict[str, dict]:
 
 
 def validate(examples: str, output: str, config: DatasetConfig, schema_path: str | None = None,
-             baseline_examples: str | None = None, baseline_store: str | None = None) -> dict:
+             baseline_examples: str | None = None, baseline_store: str | None = None,
+             beam_pipeline_args: str | None = None) -> dict:
     """Write statistics, schema, anomalies, summary and report to `output`, all or nothing.
 
     The baseline is `baseline_examples`, or else the data version stored in `baseline_store`
     just before this one (continuous training compares each new version with the last).
+    Statistics run on the Beam runner `beam_pipeline_args` select (`beam_options`).
     """
+    beam_options(beam_pipeline_args)  # a bad flag fails here, before any output or download
     with tempfile.TemporaryDirectory(prefix="baseline-") as download_dir, \
             staged_output(output, last=SUMMARY_FILE) as staging:
         if baseline_store and not baseline_examples:
             baseline_examples = previous_examples(examples, baseline_store, download_dir)
-        summary = _validate_to(examples, staging, config, schema_path, baseline_examples)
+        summary = _validate_to(examples, staging, config, schema_path, baseline_examples,
+                               beam_pipeline_args)
     if baseline_store and not summary["anomalies_found"]:
         from components.common import data_store
 
@@ -217,7 +245,8 @@ def previous_examples(examples: str, store: str, download_dir: str) -> str | Non
     return data_store.fetch_examples(previous, download_dir)
 
 
-def _validate_to(examples, staging, config, schema_path, baseline_examples) -> dict:
+def _validate_to(examples, staging, config, schema_path, baseline_examples,
+                 beam_pipeline_args=None) -> dict:
     import tensorflow_data_validation as tfdv
 
     started = time.monotonic()
@@ -234,11 +263,12 @@ def _validate_to(examples, staging, config, schema_path, baseline_examples) -> d
             raise StepError(f"{schema_path}: not a TFDV schema in text format: {message}") from exc
         apply_thresholds(given_schema, config)
 
-    stats = compute_statistics(examples, staging, config, given_schema)
+    stats = compute_statistics(examples, staging, config, given_schema, beam_pipeline_args)
     baseline_stats = None
     if baseline_examples:
         baseline_stats = compute_statistics(
-            baseline_examples, os.path.join(staging, "baseline"), config, given_schema
+            baseline_examples, os.path.join(staging, "baseline"), config, given_schema,
+            beam_pipeline_args,
         ).get("train")
 
     if given_schema is not None:

@@ -7,6 +7,8 @@ reads it. Steps, the registry, the model server and the tests go through these m
                  the model's identity (model_id, signature_hash) and its serving contract
     evaluation   evaluate's output: metrics.json + blessing.json + report.html
     deployment   the deployment record (which versions serve, labels, traffic) and its rules
+    prediction_log  the model server's JSONL prediction log, read back (feedback's input)
+    feedback     feedback's output: live metrics, A/B verdict, drift, retrain decision
 
 Heavy libraries (TensorFlow, Keras) are imported inside the functions that need them.
 """

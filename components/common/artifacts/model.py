@@ -1,6 +1,8 @@
 """The model artifact: train's output, what evaluate analyses and push publishes.
 
-    <dir>/model/          the SavedModel (what the registry versions and TF Serving serves)
+    <dir>/model/          the SavedModel (what the registry versions and TF Serving serves),
+                          with `assets.extra/model_metadata.json` (the decision threshold and
+                          the calibration; see `write_model_metadata`)
     <dir>/metrics.json    eval metrics at the end of training
     <dir>/logs/           TensorBoard
     <dir>/training.json   written last: the lineage (model_id, signature_hash, dataset_version,
@@ -9,15 +11,19 @@
 Also the model's identity (`model_id_of`, `signature_hash_of`: THE definitions, which train,
 evaluate, push, the registry and deploy all use) and its serving contract: two signatures,
 `serving_default` taking one raw string tensor per feature and `serving_tf_example` taking
-serialized tf.Examples, both answering `probability`.
+serialized tf.Examples, both answering `probability` (calibrated: the chance of a positive)
+and `raw_probability` (the network's own score before calibration, for analysis). A prediction
+is positive when `probability >= decision_threshold` (`decide`); the threshold is the model's
+own (its metadata file), `DEFAULT_DECISION_THRESHOLD` for a model that records none.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from components.common import documents
 from components.common.errors import StepError
@@ -31,7 +37,13 @@ SAVED_MODEL_FILE = "saved_model.pb"
 LAST_FILES = ("fingerprint.pb", SAVED_MODEL_FILE)
 RAW_SIGNATURE = "serving_default"
 EXAMPLE_SIGNATURE = "serving_tf_example"
-OUTPUT = "probability"
+OUTPUT = "probability"  # calibrated
+RAW_OUTPUT = "raw_probability"  # before calibration
+# Inside the SavedModel directory, so the registry copies it with every version (TF Serving
+# ignores assets.extra/ files other than its warm-up requests).
+METADATA_FILE = "assets.extra/model_metadata.json"
+# The threshold of a model without metadata (trained before thresholds were chosen).
+DEFAULT_DECISION_THRESHOLD = 0.5
 REQUIRED_LINEAGE = ("model_id", "signature_hash")
 
 
@@ -83,6 +95,46 @@ def _training_if_any(train_output: str) -> dict | None:
     if not os.path.isfile(os.path.join(train_output, TRAINING_FILE)):
         return None
     return documents.read_json(os.path.join(train_output, TRAINING_FILE), TRAINING_FILE, "train")
+
+
+def write_model_metadata(saved_model: str, metadata: dict) -> None:
+    """`assets.extra/model_metadata.json` of a SavedModel: `decision_threshold` (required, in
+    [0, 1]), its `threshold_policy`, the `calibration` method. Written by train before the
+    model's id is computed (the file is part of the model)."""
+    path = os.path.join(saved_model, METADATA_FILE)
+    _check_threshold(metadata.get("decision_threshold"), path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    documents.write_json(path, metadata)
+
+
+def read_model_metadata(saved_model: str) -> dict | None:
+    """The SavedModel's metadata, checked; None for a model that has none (an older model)."""
+    path = os.path.join(saved_model, METADATA_FILE)
+    if not os.path.isfile(path):
+        return None
+    metadata = documents.read_json(path, "model metadata", "train")
+    _check_threshold(metadata.get("decision_threshold"), path)
+    return metadata
+
+
+def decision_threshold_of(saved_model: str) -> tuple[float, str]:
+    """(threshold, source): the model's own (source "model"), else the default ("default")."""
+    metadata = read_model_metadata(saved_model)
+    if metadata is None:
+        return DEFAULT_DECISION_THRESHOLD, "default"
+    return float(metadata["decision_threshold"]), "model"
+
+
+def _check_threshold(value, path: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise StepError(f"{path}: decision_threshold must be a number in [0, 1], got {value!r}")
+
+
+def decide(probabilities: Iterable[float], threshold: float) -> list[bool]:
+    """THE decision rule: positive iff probability >= threshold. The server calls it; train's
+    threshold choice and evaluate's metrics count with the same `>=` on arrays."""
+    return [float(p) >= threshold for p in probabilities]
 
 
 def signature_defs(saved_model: str) -> dict:

@@ -1,0 +1,1 @@
+"""The feedback step: the prediction log meets late labels; live metrics, drift, retrain."""

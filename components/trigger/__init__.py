@@ -1,0 +1,1 @@
+"""The trigger: each new object under the sources starts exactly one pipeline run."""
