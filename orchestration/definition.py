@@ -176,6 +176,7 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         canary_percent: int = 10,
         serving_namespace: str = "",
         serving_account: str = "",
+        serving_log_url: str = "",
     ):
         ingest = configured(steps["ingest"](
             source=source, dataset_config=dataset_config, eval_fraction=eval_fraction,
@@ -229,6 +230,7 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
                     version=push.outputs["model_version"], pushed=push.outputs["pushed"],
                     strategy="canary", canary_percent=canary_percent, target=deploy_target,
                     namespace=serving_namespace, service_account=serving_account,
+                    payload_log_url=serving_log_url,
                     new_data=new_data), "deploy")
                 task.set_display_name("Deploy as canary (if pushed)")
 

@@ -610,3 +610,16 @@ def test_kserve_without_a_cluster_writes_nothing(registry_root, tmp_path, cli):
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert "no Kubernetes configuration" in errors[0]
     assert sorted(p.relative_to(registry_root) for p in Path(registry_root).rglob("*")) == before
+
+
+def test_kserve_payload_logger_sends_each_version_to_the_log_receiver():
+    """With a receiver URL, KServe logs every request and answer there, tagged with the version
+    that answered, so the feedback step reads the cluster's predictions too."""
+    record = deployment.canary(deployment.promote(deployment.empty_record(NAME), 2), 3, 10)
+    logged = kserve.Target(namespace=NS, name="cfpb-dispute", storage_uri_prefix="s3://m",
+                           payload_log_url="http://receiver:8080/v1/log")
+    logger = kserve.manifest(logged, NAME, record, RUNTIMES)["spec"]["predictor"]["logger"]
+    assert logger == {"mode": "all", "url": "http://receiver:8080/v1/log?model_version=3",
+                      "metadataHeaders": ["X-Request-Key"]}
+    assert "logger" not in kserve.manifest(target("s3://m"), NAME, record,
+                                           RUNTIMES)["spec"]["predictor"]

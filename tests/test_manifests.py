@@ -36,7 +36,7 @@ MANIFESTS = ROOT / "manifests"
 BASE = MANIFESTS / "base"
 OVERLAYS = {name: MANIFESTS / "overlays" / name for name in ("standalone", "profile")}
 COMPONENTS = {name: MANIFESTS / "components" / name
-              for name in ("minio", "model-server", "trigger")}
+              for name in ("minio", "model-server", "log-receiver", "trigger")}
 KUSTOMIZATION = "kustomization.yaml"
 EXAMPLE_SUFFIX = ".example.yaml"
 VERSIONS_ENV = ROOT / "e2e" / "versions.env"
@@ -758,7 +758,8 @@ def _deployed_objects() -> list[tuple[str, dict]]:
 
     target = kserve.Target(namespace="team", name="cfpb-disputes",
                            storage_uri_prefix="s3://mlpipeline/cfpb/models",
-                           service_account="cfpb-model-reader")
+                           service_account="cfpb-model-reader",
+                           payload_log_url="http://cfpb-log-receiver.team:8080/v1/log")
     current, out = None, []
     for step, (strategy, version) in enumerate(DEPLOY_SEQUENCE, 1):
         rollout = kserve.plan(current, target, "cfpb-disputes", strategy, version, 10, ENTRIES)

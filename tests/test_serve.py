@@ -542,6 +542,28 @@ def test_predictions_are_logged_as_json_lines(server, rest):
     assert {"request_id", "time", "model_version", "inputs", "outputs"} <= set(records[0])
 
 
+def test_each_example_of_a_batch_is_logged_with_its_own_key(server, rest):
+    """The feedback step joins every example with its late label by its id: a batch's
+    examples each keep their own key, over REST (rows and columns) and gRPC."""
+    rows = [{**row, "complaint_id": f"batch-{i}"} for i, row in enumerate(ROWS[:3])]
+    assert rest.predict("/versions/1", rows)[0] == 200
+    columns = {f: [r[f] for r in rows] for f in rows[0]}
+    status, _ = rest.call("POST", f"/v1/models/{NAME}/versions/1:predict",
+                          {"inputs": {**columns, "complaint_id": ["col-0", "", "col-2"]}})
+    assert status == 200
+    import tensorflow as tf
+
+    channel, predict_stub, _ = grpc_stubs(server)
+    with channel:
+        request = predict_request(ROWS[:2], version=1)
+        request.inputs["complaint_id"].CopyFrom(tf.make_tensor_proto(["g-0", "g-1"]))
+        predict_stub.Predict(request, timeout=10)
+    server.prediction_log.flush()
+    files = sorted((server.log_dir / NAME / "predictions").glob("*/*.jsonl"))
+    keys = {json.loads(line).get("key") for f in files for line in f.read_text().splitlines()}
+    assert {"batch-0", "batch-1", "batch-2", "col-0", "col-2", "g-0", "g-1"} <= keys
+
+
 def test_kserve_logger_events_and_own_predictions_are_one_log_format(server, rest):
     """POST /v1/log (KServe's payload logger, as CloudEvents) lands beside the server's own
     prediction lines, and the feedback step's reader reads both alike."""

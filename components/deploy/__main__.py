@@ -55,6 +55,10 @@ def build_parser() -> StepArgumentParser:
                              "(<prefix>/<model>/serving/<N>/<N>/); default: the registry")
     parser.add_argument("--service-account", type=optional_str, default=None,
                         help="kserve: ServiceAccount whose Secret holds the storage credentials")
+    parser.add_argument("--payload-log-url", type=optional_str, default=None, metavar="URL",
+                        help="kserve: KServe's payload logger sends every request and answer "
+                             "here (the serve image's log receiver, e.g. "
+                             "http://cfpb-log-receiver:8080/v1/log), for the feedback step")
     parser.add_argument("--timeout-seconds", type=float, default=300.0,
                         help="kserve: how long to wait for Ready (default 300)")
     parser.add_argument("--output", type=optional_str, default=None, metavar="DIR",
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
         target = Target(namespace=args.namespace or kube.pod_namespace(),
                         name=args.service_name or args.model_name,
                         storage_uri_prefix=args.storage_uri_prefix or args.registry,
-                        service_account=args.service_account)
+                        service_account=args.service_account,
+                        payload_log_url=args.payload_log_url)
     if args.dry_run:
         return _print_dry_run(args, target)
     if args.record:

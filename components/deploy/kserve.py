@@ -116,6 +116,9 @@ class Target:
     name: str
     storage_uri_prefix: str
     service_account: str | None = None
+    # KServe's payload logger sends every request and answer here (the log receiver in the
+    # serve image, components/serve/log_receiver.py), so the feedback step reads them
+    payload_log_url: str | None = None
 
 
 def storage_uri(prefix: str, model_name: str, version: int) -> str:
@@ -184,6 +187,13 @@ def predictor_for(target: Target, model_name: str, record: dict,
                        if canary is not None else None}
     if target.service_account:
         predictor["serviceAccountName"] = target.service_account
+    if target.payload_log_url:
+        # model_version tells the receiver which version answered; the request key travels
+        # as a header for requests whose instances carry no id
+        separator = "&" if "?" in target.payload_log_url else "?"
+        predictor["logger"] = {"mode": "all",
+                               "url": f"{target.payload_log_url}{separator}model_version={serving}",
+                               "metadataHeaders": ["X-Request-Key"]}
     return predictor
 
 

@@ -99,7 +99,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                  f"{ {f: len(v) for f, v in columns.items()} }")
             count = lengths.pop()
             rows = [{f: columns[f][i] for f in model.features} for i in range(count)]
-            outputs = self.service.predict(model, rows, key)
+            keys = next(([v or None for v in _strings(request.inputs[f], f)]
+                         for f in KEY_FIELDS if f in request.inputs
+                         and len(request.inputs[f].string_val) == count), None)
+            outputs = self.service.predict(model, rows, key, keys)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = self.service.manager.model_name
             response.model_spec.version.value = model.version

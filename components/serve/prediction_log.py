@@ -37,14 +37,16 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, request_id: str, version: int, rows: list[dict], outputs: list[float],
-               key: str | None = None) -> None:
+               key: str | None = None, keys: list[str | None] | None = None) -> None:
+        """One line per example; its key is its own (`keys`) when it has one, else `key`."""
         now = dt.datetime.now(dt.UTC).isoformat()
         lines = []
-        for row, probability in zip(rows, outputs, strict=True):
+        keys = keys or [None] * len(rows)
+        for row, probability, own in zip(rows, outputs, keys, strict=True):
             entry = {"request_id": request_id, "time": now, "model_version": version,
                      "inputs": row, "outputs": {"probability": probability}}
-            if key:
-                entry["key"] = key
+            if own or key:
+                entry["key"] = own or key
             lines.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
         with self._lock:
             self._pending.extend(lines)

@@ -16,7 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from components.serve import log_receiver
 from components.serve.models import BadRequest, LoadedModel, ModelManager, NotFound
 from components.serve.prediction_log import PredictionLog
-from components.serve.service import Service, key_of, rows_from_columns, rows_from_instances
+from components.serve.service import (
+    Service,
+    key_of,
+    keys_of,
+    rows_from_columns,
+    rows_from_instances,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +142,7 @@ class RestHandler(BaseHTTPRequestHandler):
                 rows = rows_from_instances(data, model.features)
             else:
                 rows = rows_from_columns(data, model.features)
-            outputs = self.service.predict(model, rows, key)
+            outputs = self.service.predict(model, rows, key, keys_of(data, len(rows)))
             self._send(200, {"predictions": outputs, "decisions": model.decide(outputs),
                              "decision_threshold": model.decision_threshold,
                              "model_version": str(model.version)})

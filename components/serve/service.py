@@ -125,6 +125,24 @@ def rows_from_columns(inputs, features: Sequence[str]) -> list[dict[str, str]]:
             for i in range(count)]
 
 
+def keys_of(instances, count: int) -> list[str | None]:
+    """Each example's own key (`id` or `complaint_id`), for the prediction log: the feedback
+    step joins every example of a batch with its label by it. None where an example has none."""
+    keys: list[str | None] = [None] * count
+    if isinstance(instances, list):
+        for i, instance in enumerate(instances[:count]):
+            if isinstance(instance, dict):
+                keys[i] = next((str(instance[n]) for n in KEY_FIELDS
+                                if instance.get(n) not in (None, "")), None)
+    elif isinstance(instances, dict):
+        for name in KEY_FIELDS:
+            values = instances.get(name)
+            if isinstance(values, list) and len(values) == count:
+                keys = [str(v) if v not in (None, "") else None for v in values]
+                break
+    return keys
+
+
 def key_of(instances) -> str | None:
     """The sticky routing key: the first instance's `id` or `complaint_id`."""
     if isinstance(instances, list) and instances and isinstance(instances[0], dict):
@@ -152,9 +170,12 @@ class Service:
         return self.manager.table.route(version=version, label=label, key=key)
 
     def predict(self, model: LoadedModel, rows: list[dict[str, str]],
-                key: str | None = None) -> list[float]:
+                key: str | None = None, keys: list[str | None] | None = None) -> list[float]:
+        """Probabilities for the rows; logged with each example's own key (`keys`), else the
+        request's routing key."""
         columns = {f: [row[f] for row in rows] for f in model.features}
         outputs = model.predict(columns)
         if self.prediction_log is not None:
-            self.prediction_log.record(uuid.uuid4().hex, model.version, rows, outputs, key)
+            self.prediction_log.record(uuid.uuid4().hex, model.version, rows, outputs, key,
+                                       keys=keys)
         return outputs
