@@ -159,6 +159,7 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         source: str,
         dataset_config: str = "",
         eval_fraction: str = "",
+        rerun: bool = False,
         data_store: str = "s3://mlpipeline/cfpb/datasets",
         schema: str = "",
         fail_on_anomalies: bool = True,
@@ -180,7 +181,7 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
     ):
         ingest = configured(steps["ingest"](
             source=source, dataset_config=dataset_config, eval_fraction=eval_fraction,
-            store=data_store,
+            store=data_store, rerun=rerun,
         ), "ingest")
         ingest.set_display_name("Ingest and version data")
         new_data = ingest.outputs[NEW_DATA]

@@ -432,6 +432,8 @@ def test_new_data_says_whether_the_store_had_the_version(tmp_path, cli):
     assert run_ingest(copy, tmp_path / "o4", store=str(store))["new_data"] is False
     other = write_csv(tmp_path / "b.csv", [complaint(i) for i in range(1, 32)])
     assert run_ingest(other, tmp_path / "o5", store=str(store))["new_data"] is True
+    # a run that failed after storing its data is run again on purpose with --rerun
+    assert run_ingest(source, tmp_path / "rerun", store=str(store), rerun=True)["new_data"] is True
     assert "new_data" not in json.loads((tmp_path / "o3" / "metadata.json").read_text())
 
     output = tmp_path / "executor_output.json"

@@ -10,6 +10,7 @@ from components.common.cli import (
     add_executor_input,
     optional_float,
     optional_str,
+    parse_bool,
     run_step,
 )
 
@@ -32,6 +33,9 @@ def build_parser() -> StepArgumentParser:
                              "directory or s3://bucket/prefix")
     parser.add_argument("--rows-per-shard", type=int, default=250_000,
                         help="rows per TFRecord shard (default 250000)")
+    parser.add_argument("--rerun", type=parse_bool, default=False, metavar="true|false",
+                        help="data the store already has counts as new: runs again what a "
+                             "failed run left undone (default false: the run skips itself)")
     add_executor_input(parser)
     return parser
 
@@ -49,6 +53,7 @@ def main(argv=None) -> int:
     config = load_dataset_config(args.dataset_config)
     metadata = ingest(args.source, args.output, config, IngestOptions(
         eval_fraction=args.eval_fraction, store=args.store, rows_per_shard=args.rows_per_shard,
+        rerun=args.rerun,
     ))
     executor.artifact("examples", {
         "dataset_version": metadata["dataset_version"],

@@ -31,6 +31,7 @@ class IngestOptions:
     store: str | None = None
     rows_per_shard: int = 250_000
     compression_level: int = 1  # gzip level: 1 is ~3x faster than 6 for ~15% larger files
+    rerun: bool = False  # data the store already has counts as new (a run that failed later)
 
 
 def resolve_columns(header: list[str], config: DatasetConfig, source: str) -> dict[str, int]:
@@ -196,9 +197,13 @@ def _ingest_to(source: str, staging: str, config: DatasetConfig, eval_fraction: 
         source, version, rows_read, kept["train"], kept["eval"], dict(dropped) or "none",
         seconds, rows_read / max(seconds, 1e-9),
     )
-    if not new_data:
-        log.info("no new data: %s is already in the store %s; the rest of the run skips itself",
+    if not new_data and options.rerun:
+        log.info("%s is already in the store %s; --rerun: the run goes on as for new data",
                  version, options.store)
+        new_data = True
+    elif not new_data:
+        log.info("no new data: %s is already in the store %s; the rest of the run skips itself "
+                 "(--rerun true runs it again)", version, options.store)
     # Not in metadata.json (the examples are the same either way): the run's view of the data.
     return {**metadata, "new_data": new_data}
 
