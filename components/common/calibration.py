@@ -12,7 +12,8 @@ import numpy as np
 CALIBRATION_BINS = 10
 
 
-def _arrays(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
+def label_arrays(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (int64) and scores (float64) as flat arrays of the same length."""
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if y.shape != p.shape:
@@ -26,7 +27,7 @@ def reliability(labels, probabilities, n_bins: int = CALIBRATION_BINS) -> dict:
     over the non-empty bins (None without examples)."""
     from sklearn.calibration import calibration_curve
 
-    y, p = _arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     if p.size == 0:
         return {"bins": n_bins, "strategy": "uniform", "mean_predicted": [],
                 "observed_rate": [], "count": [], "ece": None}
@@ -52,7 +53,7 @@ def summary(labels, probabilities, threshold: float) -> dict:
     and the reliability curve."""
     from sklearn import metrics as m
 
-    y, p = _arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     if y.size == 0:
         raise ValueError("no examples")
     curve = reliability(y, p)

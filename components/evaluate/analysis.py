@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from components.common.calibration import CALIBRATION_BINS, reliability
+from components.common.calibration import CALIBRATION_BINS, label_arrays, reliability
 
 MAX_ROC_POINTS = 200
 MISSING = "(missing)"  # how an absent slice value is shown
@@ -36,14 +36,6 @@ def _quiet(func, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return func(*args, **kwargs)
-
-
-def _as_arrays(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if y.shape != p.shape:
-        raise ValueError(f"{y.size} labels but {p.size} probabilities")
-    return y, p
 
 
 def predictions(probabilities, threshold: float) -> np.ndarray:
@@ -66,7 +58,7 @@ def roc_points(labels, probabilities, limit: int = MAX_ROC_POINTS) -> dict | Non
     """
     from sklearn.metrics import roc_curve
 
-    y, p = _as_arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     if len(np.unique(y)) < 2:
         return None
     fpr, tpr, thresholds = roc_curve(y, p, pos_label=1)
@@ -87,7 +79,7 @@ def roc_auc(labels, probabilities) -> float | None:
     """ROC AUC, None for a one-class set."""
     from sklearn.metrics import roc_auc_score
 
-    y, p = _as_arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     return None if len(np.unique(y)) < 2 else _float(roc_auc_score(y, p))
 
 
@@ -95,7 +87,7 @@ def overall_metrics(labels, probabilities, threshold: float) -> dict:
     """Every overall metric of binary predictions, computed by scikit-learn."""
     from sklearn import metrics as m
 
-    y, p = _as_arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     if y.size == 0:
         raise ValueError("no examples to evaluate")
     y_hat = predictions(p, threshold)
@@ -170,7 +162,7 @@ def slice_metrics(labels, probabilities, values: Sequence[str], threshold: float
     Every slice is listed; `eligible` says whether it is large enough (>= min_size examples)
     to be compared in the fairness gaps. A blank value is its own slice, `(missing)`.
     """
-    y, p = _as_arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     shown = np.array([v if v else MISSING for v in values], dtype=object)
     if shown.size != y.size:
         raise ValueError(f"{shown.size} slice values but {y.size} labels")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from components.common.calibration import label_arrays
 from components.common.dataset_config import ThresholdPolicy
 from components.common.errors import StepError
 
@@ -54,14 +55,6 @@ def holdout_mask(ids, fraction: float, salt: str = ""):
 # ---------------------------------------------------------------------------------------------
 # Fitting (scikit-learn, on numpy arrays).
 
-def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if y.shape != s.shape:
-        raise ValueError(f"{y.size} labels but {s.size} scores")
-    return y, s
-
-
 def logit(raw) -> np.ndarray:
     p = np.clip(np.asarray(raw, dtype=np.float64), EPSILON, 1 - EPSILON)
     return np.log(p) - np.log1p(-p)
@@ -79,7 +72,7 @@ def check_holdout(positives: int, rows: int, where: str) -> None:
 
 def fit(method: str, labels, raw, where: str = "calibration") -> dict:
     """The calibration's parameters (JSON-safe): {"method", ...}."""
-    y, raw = _arrays(labels, raw)
+    y, raw = label_arrays(labels, raw)
     if method == "none":
         return {"method": "none"}
     check_holdout(int(y.sum()), int(y.size), where)
@@ -160,7 +153,7 @@ def _counts(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> tuple[np.nd
 
 def threshold_stats(labels, probabilities, threshold: float) -> dict:
     """Precision, recall, F1, errors and the predicted positive rate at one threshold."""
-    y, p = _arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     tp, fp, fn = (int(v[0]) for v in _counts(y, p, np.array([threshold])))
     return {
         "rows": int(y.size), "positives": int(y.sum()),
@@ -175,7 +168,7 @@ def threshold_stats(labels, probabilities, threshold: float) -> dict:
 def choose_threshold(policy: ThresholdPolicy, labels, probabilities) -> dict:
     """The decision threshold by `policy` on (labels, calibrated probabilities), with the
     holdout's figures at it: {"policy", "value", ..., "precision", "recall", "f1", ...}."""
-    y, p = _arrays(labels, probabilities)
+    y, p = label_arrays(labels, probabilities)
     chosen = {"policy": policy.policy}
     if policy.policy == "fixed":
         value = policy.value
