@@ -148,6 +148,10 @@ bench-scale: $(VENV)/.synced  ## per-step time, rows/s, peak memory at several r
 bench-calibration: $(VENV)/.synced  ## calibration figures: ECE/AUC before and after, thresholds per policy
 	$(RUN) bench/bench_calibration.py
 
+.PHONY: bench-privacy
+bench-privacy: $(VENV)/.synced  ## DP-SGD figures: AUC with and without DP on 100,000 rows, epsilon, time overhead
+	$(RUN) bench/bench_privacy.py
+
 bench-pipeline: $(VENV_SDK)/.synced build-images  ## local container run at 20,000 and 200,000 rows
 	$(RUN_SDK) bench/bench_local_pipeline.py
 

@@ -11,20 +11,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from components.common.cli import StepArgumentParser, run_step
+from components.common.cli import StepArgumentParser, positive_int, run_step
 from components.common.errors import StepError
 
 log = logging.getLogger("datagen")
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _open_unit_rate(text: str) -> float:
@@ -55,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "format (multi-line narratives, masked ZIPs, blank labels, a noisy but "
                     "learnable 'Consumer disputed?' label).",
     )
-    parser.add_argument("--rows", type=_positive_int, required=True,
+    parser.add_argument("--rows", type=positive_int, required=True,
                         help="number of complaints to write (at least 1)")
     parser.add_argument("--seed", type=int, required=True,
                         help="random seed; the same rows, seed and rates give identical bytes")

@@ -6,6 +6,8 @@ the same function with kfp.local.
 """
 
 # No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
+import json
+
 from components.common import build_facts
 
 PIPELINE_NAME = "cfpb-continuous-training"
@@ -128,6 +130,10 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
         raise ValueError(f"gates {gates!r}: expected one of {', '.join(GATES)}")
     steps = load_components(image_registry, image_tag)
     sizes = resources_with(resources)
+    # For the model card's provenance: the images this package runs (their digests are not
+    # known at compile time).
+    pipeline_images = json.dumps({step: build_facts.image_name(step, image_registry, image_tag)
+                                  for step in build_facts.training_steps()}, sort_keys=True)
 
     def configured(task, step: str):
         """Storage access, resources and caching: what every task gets."""
@@ -221,7 +227,8 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
             def publish():
                 push = configured(steps["push"](
                     model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
-                    registry=registry, model_name=model_name, new_data=new_data), "push")
+                    registry=registry, model_name=model_name, dataset_config=dataset_config,
+                    pipeline_images=pipeline_images, new_data=new_data), "push")
                 push.set_display_name("Publish to model registry (if blessed)")
                 return push
 

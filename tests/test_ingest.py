@@ -797,3 +797,229 @@ def test_cli_writes_kfp_executor_output(tmp_path, cli):
     # The split is the same in another process (no per-process hash seed).
     run_ingest(source, tmp_path / "in-process")
     assert split_ids(examples_dir) == split_ids(tmp_path / "in-process")
+
+
+# --------------------------------------------------------------------------- 9. real exports vary
+
+
+@pytest.mark.parametrize("variant", ["Sub-product", "sub_product", "SubProduct", "subproduct",
+                                     " SUB PRODUCT "])
+def test_headers_match_ignoring_case_spaces_hyphens_and_underscores(tmp_path, variant):
+    header = [variant if h == "Sub-product" else h for h in HEADER]
+    rows = [{**complaint(i), variant: "Medical"} for i in range(1, 4)]
+    metadata = run_ingest(write_csv(tmp_path / "in.csv", rows, header=header), tmp_path / "out")
+    assert metadata["column_mapping"]["sub_product"] == variant.strip()
+    assert {feature_bytes(ex, "sub_product")[0] for ex in examples_by_id(tmp_path / "out")
+            .values()} == {b"Medical"}
+
+
+def test_two_columns_matching_one_feature_is_an_error_naming_both(tmp_path):
+    header = [*HEADER, "sub_product"]
+    source = write_csv(tmp_path / "in.csv", [complaint(1)], header=header)
+    with pytest.raises(StepError, match=r"columns 'Sub-product' \(column 3\) and 'sub_product' "
+                                        r"\(column 19\) all match the feature 'sub_product'"):
+        run_ingest(source, tmp_path / "out")
+    assert_nothing_published(tmp_path / "out")
+
+
+def test_duplicate_header_names_are_an_error_naming_them(tmp_path):
+    header = [*HEADER, "Tags", "Company"]
+    source = write_csv(tmp_path / "in.csv", [complaint(1)], header=header)
+    with pytest.raises(StepError, match=r"line 1: the header names 'Tags' \(columns 11 and 19\), "
+                                        r"'Company' \(columns 8 and 20\) more than once"):
+        run_ingest(source, tmp_path / "out")
+    assert_nothing_published(tmp_path / "out")
+
+
+def _with_duplicates(tmp_path: Path) -> Path:
+    rows = [complaint(7, product="Mortgage", label="No"), complaint(8),
+            complaint(7, product="Credit card", label="Yes"), complaint(9),
+            complaint(9), complaint(7, product="Debt collection", label="Yes")]
+    return write_csv(tmp_path / "dup.csv", rows)
+
+
+def test_rows_sharing_an_id_keep_the_last_by_default_and_are_counted(tmp_path, caplog):
+    source = _with_duplicates(tmp_path)
+    metadata = run_ingest(source, tmp_path / "out")
+    examples = examples_by_id(tmp_path / "out")
+    assert sorted(examples) == ["7", "8", "9"]
+    assert feature_bytes(examples["7"], "product") == [b"Debt collection"]
+    assert metadata["rows"]["read"] == 6 and metadata["rows"]["kept"] == 3
+    assert metadata["dropped"] == {"duplicate_id": 3}
+    assert metadata["duplicate_ids"] == {
+        "policy": "keep-last", "ids": 2, "conflicting": 1, "identical": 1, "rows_dropped": 3,
+        "examples": [{"id": "7", "rows": [1, 3, 6], "differ": True},
+                     {"id": "9", "rows": [4, 5], "differ": False}]}
+    assert "2 id(s) are on more than one row (1 with different content, 1 identical): kept " \
+           "the last row of each, left out 3 rows" in caplog.text
+    assert metadata["dataset_version"] == run_ingest(source, tmp_path / "again")[
+        "dataset_version"]
+
+
+def test_keep_first_and_error_policies(tmp_path):
+    source = _with_duplicates(tmp_path)
+    metadata = run_ingest(source, tmp_path / "first", on_duplicate_id="keep-first")
+    assert feature_bytes(examples_by_id(tmp_path / "first")["7"], "product") == [b"Mortgage"]
+    assert metadata["duplicate_ids"]["policy"] == "keep-first"
+    with pytest.raises(StepError, match=r"rows 1 and 3 share the id '7' \(column 'Complaint "
+                                        r"ID'\) but differ.*--on-duplicate-id error"):
+        run_ingest(source, tmp_path / "error", on_duplicate_id="error")
+    assert_nothing_published(tmp_path / "error")
+    identical = write_csv(tmp_path / "same.csv", [complaint(1), complaint(2), complaint(1)])
+    metadata = run_ingest(identical, tmp_path / "same", on_duplicate_id="error")
+    assert metadata["rows"]["kept"] == 2 and metadata["duplicate_ids"]["identical"] == 1
+
+
+def test_no_duplicates_reads_once_and_says_so(tmp_path):
+    metadata = run_ingest(write_csv(tmp_path / "in.csv", [complaint(i) for i in range(1, 50)]),
+                          tmp_path / "out")
+    assert metadata["duplicate_ids"]["ids"] == 0 and "duplicate_id" not in metadata["dropped"]
+
+
+def test_blank_ids_point_at_the_id_column(tmp_path):
+    source = write_csv(tmp_path / "in.csv", [complaint("") for _ in range(3)])
+    with pytest.raises(StepError) as info:
+        run_ingest(source, tmp_path / "out")
+    message = str(info.value)
+    assert "missing_id=3" in message and "the id column 'Complaint ID'" in message
+    assert "label column" not in message
+
+
+def test_a_field_over_the_limit_says_how_to_raise_it(tmp_path):
+    source = write_csv(tmp_path / "in.csv", [complaint(1), complaint(2, narrative="x" * 5_000_000)])
+    with pytest.raises(StepError) as info:
+        run_ingest(source, tmp_path / "out")
+    message = str(info.value)
+    assert "row 2 (from line 3): a field is over the limit of 1048576 bytes" in message
+    assert "raise csv.max_field_bytes in the dataset config" in message
+    assert "unterminated" not in message and "quote" not in message
+
+
+def test_a_runaway_quote_is_still_called_one(tmp_path):
+    rows = [complaint(i, issue="Other") for i in range(1, 3000)]  # no other quotes follow
+    rows[0]["Consumer complaint narrative"] = "OPENQUOTE"
+    data = csv_bytes(rows).replace(b"OPENQUOTE", b'"never closed', 1)
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    config = load_dataset_config(str(write_config(tmp_path / "c.yaml",
+                                                  csv={"max_field_bytes": 100_000})))
+    with pytest.raises(StepError, match=r"row 1 \(from line 2\): a field is over the limit of "
+                                        r"100000 bytes.*a quote opened there and never closed"):
+        run_ingest(source, tmp_path / "out", config=config)
+
+
+def test_cr_only_line_endings_are_read(tmp_path):
+    rows = [complaint(i, narrative="two\rlines" if i == 2 else "") for i in range(1, 6)]
+    lf = run_ingest(write_csv(tmp_path / "lf.csv", rows, newline="\r\n"), tmp_path / "lf")
+    source = write_csv(tmp_path / "cr.csv", rows, newline="\r")
+    assert b"\n" not in source.read_bytes()
+    cr = run_ingest(source, tmp_path / "cr")
+    assert cr["line_endings"] == "CR" and lf["line_endings"] == "LF or CRLF"
+    assert cr["rows"] == lf["rows"]
+    assert feature_bytes(examples_by_id(tmp_path / "cr")["2"], "narrative") == [b"two\rlines"]
+
+
+def test_a_stray_carriage_return_is_said_in_plain_words(tmp_path):
+    data = csv_bytes([complaint(1), complaint(2)]).replace(b"Wells Fargo", b"Wells\rFargo", 1)
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    with pytest.raises(StepError, match=r"row 1 \(from line 2\): a carriage return \(CR\) "
+                                        r"inside an unquoted field at line 2: the file mixes "
+                                        r"line endings"):
+        run_ingest(source, tmp_path / "out")
+
+
+def test_an_export_without_the_narrative_column_reads_it_as_missing(tmp_path, caplog):
+    header = [h for h in HEADER if h != "Consumer complaint narrative"]
+    metadata = run_ingest(write_csv(tmp_path / "old.csv", [complaint(i) for i in range(1, 6)],
+                                    header=header), tmp_path / "out")
+    assert metadata["missing_columns"] == {"narrative": 5}
+    assert metadata["column_mapping"]["narrative"] is None
+    assert "no column for the optional feature(s) narrative" in caplog.text
+    for example in examples_by_id(tmp_path / "out").values():
+        assert example.features.feature["narrative"].WhichOneof("kind") is None
+
+
+def test_a_missing_required_column_is_still_an_error(tmp_path):
+    header = [h for h in HEADER if h != "Issue"]
+    with pytest.raises(StepError, match=r"no column for the feature 'issue'"):
+        run_ingest(write_csv(tmp_path / "in.csv", [complaint(1)], header=header),
+                   tmp_path / "out")
+
+
+def test_optional_features_must_be_features(tmp_path):
+    with pytest.raises(StepError, match=r"optional_features: 'consumer_disputed' is not a "
+                                        "feature"):
+        load_dataset_config(str(write_config(tmp_path / "c.yaml",
+                                             optional_features=["consumer_disputed"])))
+
+
+def test_an_export_without_ids_splits_by_content(tmp_path, caplog):
+    header = [h for h in HEADER if h != "Complaint ID"]
+    rows = [complaint(i, narrative=f"text {i}") for i in range(1, 401)]
+    source = write_csv(tmp_path / "old.csv", rows, header=header)
+    first = run_ingest(source, tmp_path / "a")
+    assert first["id_source"] == "content hash (no id column)"
+    assert "no id column" in caplog.text
+    ids = split_ids(tmp_path / "a")
+    assert len(ids["train"]) + len(ids["eval"]) == 400 and ids["eval"]
+    assert all(i.startswith("content-") for i in ids["train"] + ids["eval"])
+    reordered = write_csv(tmp_path / "reordered.csv", rows[::-1], header=header)
+    run_ingest(reordered, tmp_path / "b")
+    assert {k: sorted(v) for k, v in split_ids(tmp_path / "b").items()} == \
+        {k: sorted(v) for k, v in ids.items()}
+
+
+def _r_export(rows, names) -> bytes:
+    """R's write.table(row.names = TRUE): the header one field short of every row."""
+    data = csv_bytes([[str(n), *[r[h] for h in HEADER]] for n, r in zip(names, rows,
+                                                                         strict=True)])
+    header_line = data.split(b"\n", 1)[0]
+    return data.replace(header_line, csv_bytes([], header=HEADER).rstrip(b"\n"), 1)
+
+
+def test_r_row_names_are_dropped(tmp_path, caplog):
+    caplog.set_level("INFO")
+    rows = [complaint(i, narrative="a\nb" if i == 2 else "") for i in range(1, 6)]
+    source = tmp_path / "r.csv"
+    source.write_bytes(_r_export(rows, [1, 2, 3, 5, 8]))
+    metadata = run_ingest(source, tmp_path / "out")
+    assert metadata["r_row_names_dropped"] is True and metadata["rows"]["kept"] == 5
+    assert "R's row names" in caplog.text
+    assert sorted(examples_by_id(tmp_path / "out")) == ["1", "2", "3", "4", "5"]
+    assert feature_bytes(examples_by_id(tmp_path / "out")["2"], "narrative") == [b"a\nb"]
+
+
+@pytest.mark.parametrize(("names", "extra_field_rows", "message"), [
+    ([1, 2, 2], None, r"row 3 \(line 4\): first field '2' does not continue the increasing"),
+    (["1", "2", "x"], None, r"row 3 \(line 4\): first field 'x' does not continue"),
+    ([1, 2, 3], {2}, r"row 2 \(line 3\): 18 fields, expected 19 as in every row before"),
+    (["a", "b", "c"], None, r"row 1 \(line 2\): 19 fields, expected 18 as in the header"),
+])
+def test_other_ragged_files_are_still_refused(tmp_path, names, extra_field_rows, message):
+    rows = [complaint(i) for i in range(1, 4)]
+    data = _r_export(rows, names)
+    if extra_field_rows:  # a row without its row name: 18 fields
+        lines = data.split(b"\n")
+        for row_number in extra_field_rows:
+            lines[row_number] = lines[row_number].split(b",", 1)[1]
+        data = b"\n".join(lines)
+    source = tmp_path / "ragged.csv"
+    source.write_bytes(data)
+    with pytest.raises(StepError, match=message):
+        run_ingest(source, tmp_path / "out")
+    assert_nothing_published(tmp_path / "out")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--eval-fraction", "abc"], "argument --eval-fraction: not a number: 'abc'"),
+    (["--rows-per-shard", "x"], "argument --rows-per-shard: not a whole number: 'x'"),
+    (["--rows-per-shard", "0"], "argument --rows-per-shard: must be at least 1, got 0"),
+    (["--on-duplicate-id", "newest"], "argument --on-duplicate-id: invalid choice: 'newest'"),
+])
+def test_bad_arguments_read_in_plain_words(tmp_path, cli, args, message):
+    result = cli(MODULE, "--source", "x.csv", "--output", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: ingest: {message}")
+    assert "_optional" not in line and "optional_float" not in line

@@ -74,7 +74,9 @@ def executor_input(tmp_path: Path) -> dict:
         "inputs": {"artifacts": {}, "parameterValues": {}},
         "outputs": {
             "artifacts": {"pushed_model": {"artifacts": [
-                {"name": "pushed_model", "uri": str(tmp_path / "pushed_model")}]}},
+                {"name": "pushed_model", "uri": str(tmp_path / "pushed_model")}]},
+                "model_card": {"artifacts": [
+                    {"name": "model_card", "uri": str(tmp_path / "model_card.html")}]}},
             "parameters": {"pushed": {"outputFile": str(tmp_path / "p")},
                            "model_version": {"outputFile": str(tmp_path / "v")}},
             "outputFile": str(tmp_path / "out" / "executor_output.json"),
@@ -89,6 +91,7 @@ def run_push(cli, tmp_path, train_dir, evaluation, registry_root, *extra, model_
     result = cli(MODULE, "--model", str(train_dir), "--evaluation", str(evaluation),
                  "--registry", str(registry_root), "--model-name", model_name,
                  "--pushed-model", str(tmp_path / "pushed_model"),
+                 "--model-card", str(tmp_path / "model_card.html"),
                  "--executor-input", json.dumps(executor_input(tmp_path)), *extra)
     output = json.loads(output_file.read_text()) if output_file.exists() else None
     return result, output
@@ -113,6 +116,7 @@ def test_blessed_model_is_published_with_lineage_and_executor_output(tmp_path, o
     assert artifact["metadata"] == {
         "pushed": True, "status": STATUS_PUBLISHED, "version": 1, "semver": "1.0.0",
         "uri": str(root / NAME / "1"), "model_id": training["model_id"], "model_name": NAME,
+        "model_card": str(root / NAME / "cards" / "1"),
     }
     recorded = json.loads((tmp_path / "pushed_model").read_text())
     assert recorded["version"] == 1 and recorded["status"] == STATUS_PUBLISHED

@@ -7,8 +7,12 @@ that rewrite deployment.json put the base split (1 stable 90%, 2 canary 10%) bac
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +28,8 @@ from components.common import registry, storage
 from components.common.artifacts import deployment
 from components.serve import models
 from components.serve.models import RoutingTable, key_point
-from components.serve.server import ModelServer
+from components.serve.server import ModelServer, RestLimits
+from components.serve.service import MAX_INSTANCES, MAX_REQUEST_BYTES
 from tests.conftest import ROOT
 
 NAME = "cfpb"
@@ -97,7 +102,7 @@ def server(registry_root, tmp_path_factory):
     write_deployment(registry_root, *BASE, revision=1)
     logs = tmp_path_factory.mktemp("prediction-logs")
     srv = ModelServer(str(registry_root), NAME, rest_port=0, grpc_port=0, poll_seconds=0.1,
-                      log_store=str(logs), max_request_bytes=64 * 1024,
+                      log_store=str(logs),
                       log_flush_records=100, log_flush_seconds=0.2).start()
     srv.log_dir = logs
     assert srv.manager.ready
@@ -465,7 +470,7 @@ def test_malformed_rest_requests_get_4xx_with_a_message(rest):
     status, body = rest.call("POST", path, {"inputs": {**{f: ["a"] for f in ROWS[0]},
                                                        "state": ["a", "b"]}})
     assert status == 400 and "same" in body["error"]
-    status, body = rest.predict(instances=[{**ROWS[0], "narrative": "x" * 70_000}])
+    status, body = rest.predict(instances=[{**ROWS[0], "narrative": "x" * MAX_REQUEST_BYTES}])
     assert status == 413 and "limit" in body["error"]
     status, body = rest.call("POST", "/v1/models/other:predict", {"instances": ROWS})
     assert status == 404 and "other" in body["error"]
@@ -614,3 +619,382 @@ def test_cli_help_and_bad_arguments():
     result = subprocess.run([sys.executable, "-m", "components.serve", "--registry", "r"],
                             cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2 and "--model-name" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile clients (raw sockets): framing, stalled connections, odd paths, methods.
+
+PREDICT = f"/v1/models/{NAME}:predict"
+
+
+def request_head(method: str = "POST", path: str = PREDICT, *headers: str) -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: test", *headers, "", ""]).encode(
+        "latin-1")
+
+
+def read_answer(sock, method: str = "POST"):
+    """(status, headers, JSON body or None) of the answer on `sock`."""
+    response = http.client.HTTPResponse(sock, method=method)
+    response.begin()
+    raw = response.read()
+    assert response.getheader("Content-Type", "application/json") == "application/json"
+    return response.status, dict(response.getheaders()), json.loads(raw) if raw else None
+
+
+def raw_request(port: int, data: bytes, *, then: bytes = b"", method: str = "POST",
+                timeout: float = 20.0):
+    """`data` on a fresh connection, then `then` (a body the server should not wait for)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if then:
+            with contextlib.suppress(OSError):  # the server may have closed its side
+                sock.sendall(then)
+        return read_answer(sock, method)
+
+
+@pytest.mark.parametrize(("value", "status"), [
+    ("-1", 400), ("+5", 400), ("5.0", 400), ("0x10", 400), ("", 400), ("\xb2", 400),
+    ("1, 2", 400), ("9" * 40, 413), (str(MAX_REQUEST_BYTES + 1), 413)])
+def test_a_bad_content_length_is_answered_before_any_body(server, value, status):
+    """No body byte is sent: an answer at all proves the server did not wait for one."""
+    code, headers, body = raw_request(server.rest_port,
+                                      request_head("POST", PREDICT, f"Content-Length: {value}"))
+    assert code == status, body
+    assert ("Content-Length" if status == 400 else "limit") in body["error"]
+    assert headers["Connection"] == "close"
+
+
+def test_a_negative_content_length_with_a_3mb_body_is_400_and_the_server_goes_on(server, rest):
+    code, _, body = raw_request(server.rest_port,
+                                request_head("POST", PREDICT, "Content-Length: -1"),
+                                then=b'{"instances": [' + b" " * 3_000_000 + b"]}")
+    assert code == 400 and "bad Content-Length '-1'" in body["error"]
+    code, _, body = raw_request(server.rest_port, request_head(
+        "POST", PREDICT, "Content-Length: 5", "Content-Length: 6"))
+    assert code == 400 and "conflicting" in body["error"]
+    code, _, body = raw_request(server.rest_port, request_head(
+        "POST", PREDICT, "Transfer-Encoding: chunked", "Content-Length: 5"), then=b"0\r\n\r\n")
+    assert code == 411 and "Transfer-Encoding" in body["error"]
+    assert rest.predict()[0] == 200
+
+
+def test_stalled_clients_cost_no_thread_and_get_408(registry_root):
+    """300 connections that send half a header (slowloris) and one that sends half a body:
+    normal requests are answered meanwhile, the thread count stays bounded, and each stalled
+    connection gets 408 at its deadline."""
+    limits = RestLimits(request_timeout=1.5, max_connections=400, workers=4)
+    srv = ModelServer(str(registry_root), NAME, rest_port=0, grpc_port=None,
+                      limits=limits).start()
+    stalled = []
+    try:
+        threads_before = threading.active_count()
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", srv.rest_port), timeout=20)
+            sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: test\r\nContent-Le".encode())
+            stalled.append(sock)
+        sock = socket.create_connection(("127.0.0.1", srv.rest_port), timeout=20)
+        sock.sendall(request_head("POST", PREDICT, "Content-Length: 100") + b'{"inst')
+        stalled.append(sock)
+        wait_for(lambda: srv._rest.open_connections == 301, what="301 connections")
+        client = Rest(srv.rest_port)
+        for _ in range(20):
+            status, body = client.predict()
+            assert status == 200, body
+        assert threading.active_count() <= threads_before + limits.workers
+        for sock in stalled:
+            status, headers, body = read_answer(sock)
+            assert status == 408 and "within 1.5 s" in body["error"]
+            assert headers["Connection"] == "close"
+            sock.close()
+        assert client.predict()[0] == 200
+        client.conn.close()
+        wait_for(lambda: srv._rest.open_connections == 0, what="connections closed")
+    finally:
+        for sock in stalled:
+            sock.close()
+        srv.stop()
+
+
+def test_connections_beyond_the_limit_get_503(tmp_path):
+    (tmp_path / NAME).mkdir()  # nothing to serve: this is about connections only
+    srv = ModelServer(str(tmp_path), NAME, rest_port=0, grpc_port=None,
+                      limits=RestLimits(max_connections=5)).start()
+    idle = [socket.create_connection(("127.0.0.1", srv.rest_port), timeout=10)
+            for _ in range(5)]
+    try:
+        wait_for(lambda: srv._rest.open_connections == 5, what="5 connections")
+        status, _, body = raw_request(srv.rest_port, request_head("GET", "/healthz"),
+                                      method="GET")
+        assert status == 503 and "too many connections (limit 5)" in body["error"]
+        idle.pop().close()
+        wait_for(lambda: srv._rest.open_connections == 4, what="a free slot")
+        assert raw_request(srv.rest_port, request_head("GET", "/healthz"), method="GET")[0] \
+            == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        srv.stop()
+
+
+def test_health_answers_while_the_versions_load(registry_root, monkeypatch):
+    """Loading takes seconds (longer from S3): liveness at once, readiness 503 until loaded,
+    predictions 503 / UNAVAILABLE meanwhile (not a hang, not 404)."""
+    gate = threading.Event()
+    real = models.load_version
+
+    def held(*args, **kwargs):
+        gate.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_version", held)
+    srv = ModelServer(str(registry_root), NAME, rest_port=0, grpc_port=0).start(wait=False)
+    try:
+        client = Rest(srv.rest_port)
+        assert client.call("GET", "/healthz") == (200, {"status": "alive"})
+        status, body = client.call("GET", "/readyz")
+        assert status == 503 and body["status"] == "loading"
+        status, body = client.predict()
+        assert status == 503 and "loading" in body["error"]
+        channel, predict_stub, _ = grpc_stubs(srv)
+        with channel, pytest.raises(grpc.RpcError) as caught:
+            predict_stub.Predict(predict_request(ROWS), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        gate.set()
+        wait_for(lambda: client.call("GET", "/readyz")[0] == 200, what="ready")
+        assert client.predict()[0] == 200
+    finally:
+        gate.set()
+        srv.stop()
+
+
+def test_the_cli_answers_health_before_the_versions_are_loaded(registry_root):
+    """The real process: /healthz answers while /readyz still says loading (TensorFlow's
+    import and the loads come after the REST port answers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "components.serve", "--registry", str(registry_root),
+         "--model-name", NAME, "--rest-port", str(port), "--grpc-port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        first = None
+        deadline = time.monotonic() + 60
+        while first is None:
+            assert time.monotonic() < deadline and process.poll() is None, "no answer"
+            try:
+                first = raw_request(port, request_head("GET", "/readyz"), method="GET",
+                                    timeout=2)
+                assert raw_request(port, request_head("GET", "/healthz"), method="GET")[0] \
+                    == 200
+            except OSError:
+                time.sleep(0.02)
+        assert first[0] == 503 and first[2]["status"] == "loading", first
+        while raw_request(port, request_head("GET", "/readyz"), method="GET")[0] != 200:
+            assert time.monotonic() < deadline + 60 and process.poll() is None
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-2000:]
+
+
+@pytest.mark.parametrize(("path", "what"), [
+    (f"/v1/models/{NAME}/versions/\xb2:predict", "not a version number"),  # isdigit, not int
+    (f"/v1/models/{NAME}/versions/\xc2\xb2:predict", "not a version number"),  # UTF-8 bytes
+    (f"/v1/models/{NAME}/versions/%C2%B2:predict", "not a version number"),
+    (f"/v1/models/{NAME}/versions/{'9' * 5000}:predict", "not a version number"),
+    (f"/v1/models/{NAME}/versions/99999999999:predict", "version 99999999999 is not served"),
+    (f"/v1/models/{NAME}/labels/{'x' * 3000}:predict", "is not assigned"),
+    (f"/v1/models/{'n' * 3000}:predict", "is not served"),
+])
+def test_odd_paths_are_404_with_a_message(server, path, what):
+    body = json.dumps({"instances": ROWS[:1]}).encode()
+    status, _, answer = raw_request(server.rest_port, request_head(
+        "POST", path, f"Content-Length: {len(body)}") + body)
+    assert status == 404 and what in answer["error"], answer
+    status, _, answer = raw_request(server.rest_port, request_head(
+        "GET", path.replace(":predict", "/metadata")), method="GET")
+    assert status == 404 and what in answer["error"], answer
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b'{"instances": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested too deeply"),
+    (b'{"instances": [' + b"7" * 5000 + b"]}", "not valid JSON"),
+    (b'{"instances": [{"product": "\\ud800"}]}', "missing feature"),
+    (json.dumps({"instances": [{**ROWS[0], "narrative": "\ud800"}]}).encode(),
+     "not valid Unicode"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (json.dumps({"instances": [{**ROWS[0], "state": [[[[]]]]}]}).encode(), "'state'"),
+    (json.dumps({"inputs": {f: [v] for f, v in ROWS[0].items()} | {"state": {}}}).encode(),
+     "'state'"),
+])
+def test_odd_bodies_are_400_with_a_message(server, rest, body, what):
+    status, answer = rest.call("POST", PREDICT, body)
+    assert status == 400 and what in answer["error"], answer
+    assert rest.predict()[0] == 200
+
+
+def test_odd_keys_still_route(rest):
+    """A key the JSON spells as a lone surrogate, a number or a nested value: answered."""
+    for key in ("\ud800", 12345, 1.5, [1, [2]], {"a": None}, True):
+        status, body = rest.predict(instances=[{**ROWS[0], "complaint_id": key}])
+        assert status == 200, (key, body)
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "what"), [
+    (request_head("PUT", PREDICT, "Content-Length: 2") + b"{}", 405, "not allowed"),
+    (request_head("DELETE", "/healthz"), 405, "not allowed"),
+    (request_head("OPTIONS", "*"), 405, "not allowed"),
+    (request_head("BREW", "/coffee"), 501, "not supported"),
+    (b"GARBAGE\r\n\r\n", 400, "Bad request syntax"),
+    (b"   \r\n\r\n", 400, ""),
+    (b"GET /healthz HTTP/2.0\r\n\r\n", 505, "Invalid HTTP version"),
+    (b"GET /healthz HTTP/x\r\n\r\n", 400, "Bad request version"),
+    (b"GET /healthz\r\n\r\n", 400, "HTTP/0.9"),
+    (request_head("GET", "/healthz", "X-Big: " + "a" * 70_000), 431, "longer than"),
+    (request_head("GET", "/healthz", *[f"X-{i}: {i}" for i in range(200)]), 431,
+     "Too many headers"),
+])
+def test_unsupported_methods_and_bad_request_lines_are_json(server, rest, request_bytes,
+                                                            status, what):
+    code, headers, body = raw_request(server.rest_port, request_bytes, method="GET")
+    assert code == status and what in body["error"], body
+    if status == 405:
+        assert headers["Allow"] == "GET, HEAD, POST"
+    assert rest.call("GET", "/healthz")[0] == 200
+
+
+def test_head_and_pipelined_requests(server):
+    status, headers, body = raw_request(server.rest_port, request_head("HEAD", "/healthz"),
+                                        method="HEAD")
+    assert status == 200 and body is None and int(headers["Content-Length"]) > 0
+    payload = json.dumps({"instances": ROWS[:1]}).encode()
+    one = request_head("POST", f"/v1/models/{NAME}/versions/1:predict",
+                       f"Content-Length: {len(payload)}") + payload
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=20) as sock:
+        sock.sendall(b"\r\n" + one + one + request_head("GET", "/healthz"))
+        answers = [read_answer(sock, method) for method in ("POST", "POST", "GET")]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert answers[0][2] == answers[1][2] and answers[2][2] == {"status": "alive"}
+
+
+# ---------------------------------------------------------------------------------------------
+# One request limit for both protocols.
+
+@pytest.fixture(scope="module")
+def generated_rows(registry_root) -> list[dict]:
+    """MAX_INSTANCES + 1 rows of the generated CFPB sample (narratives included)."""
+    import csv
+
+    from components.common.dataset_config import load_dataset_config
+
+    config = load_dataset_config()
+    with open(registry_root.parent / "f.csv", newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    rows = []
+    for i in range(MAX_INSTANCES + 1):
+        record = records[i % len(records)]
+        row = {f: next(record[h] for h in config.columns[f] if h in record) for f in ROWS[0]}
+        rows.append({**row, "complaint_id": str(i)})
+    return rows
+
+
+def test_the_documented_row_cap_fits_the_default_body_limit(rest, generated_rows):
+    rows = generated_rows[:MAX_INSTANCES]
+    body = json.dumps({"instances": rows}).encode()
+    assert len(body) < MAX_REQUEST_BYTES
+    status, answer = rest.call("POST", PREDICT, body)
+    assert status == 200 and len(answer["predictions"]) == MAX_INSTANCES
+    status, answer = rest.predict(instances=generated_rows)
+    assert status == 400 and f"too many examples: {MAX_INSTANCES + 1}" in answer["error"]
+    columns = {f: [r[f] for r in generated_rows] for f in ROWS[0]}
+    status, answer = rest.call("POST", PREDICT, {"inputs": columns})
+    assert status == 400 and f"too many examples: {MAX_INSTANCES + 1}" in answer["error"]
+
+
+def test_grpc_has_the_same_limits(server, generated_rows):
+    channel, predict_stub, _ = grpc_stubs(server)
+    with channel:
+        rows = [{f: r[f] for f in ROWS[0]} for r in generated_rows]
+        response = predict_stub.Predict(predict_request(rows[:MAX_INSTANCES]), timeout=60)
+        assert len(response.outputs["probability"].float_val) == MAX_INSTANCES
+        with pytest.raises(grpc.RpcError) as caught:
+            predict_stub.Predict(predict_request(rows), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"too many examples: {MAX_INSTANCES + 1}" in caught.value.details()
+        big = [{**ROWS[0], "narrative": "x" * (MAX_REQUEST_BYTES // 2)} for _ in range(3)]
+        with pytest.raises(grpc.RpcError) as caught:
+            predict_stub.Predict(predict_request(big), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollback: the previous version stays loaded.
+
+def test_a_rollback_swaps_back_the_version_still_loaded(server, registry_root, rest,
+                                                          base_split, monkeypatch):
+    loads = []
+    real = models.load_version
+    monkeypatch.setattr(models, "load_version",
+                        lambda *args, **kwargs: loads.append(args) or real(*args, **kwargs))
+    wait_for(lambda: sorted(server.manager.table.models) == [1, 2], what="base versions")
+    previous = server.manager.table.models[1]
+    write_deployment(registry_root, {"2": {"labels": ["stable"]}}, {"2": 100}, revision=70)
+    wait_for(lambda: sorted(server.manager.table.models) == [2], what="promote")
+    assert server.manager.retained_versions == [1]
+    assert rest.predict("/versions/1")[0] == 404  # out of the table, still in memory
+    write_deployment(registry_root, *BASE, revision=71)  # what a rollback writes
+    wait_for(lambda: sorted(server.manager.table.models) == [1, 2], what="rollback")
+    assert server.manager.table.models[1] is previous and loads == []
+    assert server.manager.retained_versions == []
+    assert rest.predict("/versions/1")[0] == 200
+
+
+def test_retained_versions_expire_and_can_be_turned_off(registry_root, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "registry"
+    shutil.copytree(registry_root / NAME, root / NAME)
+    loads = []
+    real = models.load_version
+    monkeypatch.setattr(models, "load_version",
+                        lambda *args, **kwargs: loads.append(args[2]) or real(*args, **kwargs))
+    for keep, expected in ((0.3, [1]), (0.0, [])):
+        loads.clear()
+        write_deployment(root, *BASE, revision=1)
+        manager = models.ModelManager(str(root), NAME, keep_previous_seconds=keep)
+        manager.refresh()
+        write_deployment(root, {"2": {"labels": ["stable"]}}, {"2": 100}, revision=2)
+        manager.refresh()
+        assert manager.retained_versions == expected
+        time.sleep(0.4)
+        manager.refresh()  # nothing changed, but the retained version expired
+        assert manager.retained_versions == []
+        write_deployment(root, *BASE, revision=3)
+        manager.refresh()
+        assert loads == [1, 2, 1]  # expired: read again
+        manager.stop()
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    (tmp_path / NAME).mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        for flags, what in ((["--rest-port", str(port), "--grpc-port", "-1"], "REST"),
+                            (["--rest-port", "0", "--grpc-port", str(port)], "gRPC")):
+            result = subprocess.run(
+                [sys.executable, "-m", "components.serve", "--registry", str(tmp_path),
+                 "--model-name", NAME, *flags], cwd=ROOT, capture_output=True, text=True,
+                env=env, timeout=120)
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert errors == [f"error: serve: {what} port 127.0.0.1:{port}: cannot listen there"
+                              + (" (Address already in use)" if what == "REST" else
+                                 " (in use, or not an address of this machine)")]

@@ -114,3 +114,37 @@ def test_a_failure_that_does_not_pass_gives_up_with_one_line(flaky, s3_bucket):
         storage.read_bytes(f"s3://{s3_bucket}/data/x")
     assert "\n" not in str(info.value)
     assert len(flaky.seen) == storage.RETRIES + 1
+
+
+@pytest.fixture
+def unreachable(s3_env, monkeypatch):
+    """An endpoint nobody listens on (a port just freed)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_SECONDS", 0.01)
+    storage._client.cache_clear()
+    yield endpoint
+    storage._client.cache_clear()
+
+
+@pytest.mark.parametrize("call", [
+    lambda uri: storage.read_bytes(uri),
+    lambda uri: storage.exists(uri),
+    lambda uri: storage.write_bytes(uri, b"x"),
+    lambda uri: storage.create_exclusive(uri, b"x"),
+    lambda uri: storage.list_uris(uri),
+    lambda uri: storage.list_objects(uri),
+    lambda uri: storage.delete(uri),
+    lambda uri: storage.download_tree(uri, "/nonexistent"),
+])
+def test_an_unreachable_endpoint_is_one_line_naming_uri_and_endpoint(unreachable, call):
+    uri = "s3://bucket/some/key.csv"
+    with pytest.raises(StepError) as info:
+        call(uri)
+    assert str(info.value) == (
+        f"{uri}: S3 endpoint {unreachable} did not answer (Connection refused; "
+        f"{storage.RETRIES} retries); check S3_ENDPOINT_URL and that the object store is up")

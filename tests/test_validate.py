@@ -276,3 +276,39 @@ def test_bad_beam_pipeline_args_are_a_one_line_error(baseline, tmp_path, cli):
     with pytest.raises(StepError, match="--beam-pipeline-args: No closing quotation"):
         validate(str(baseline), str(tmp_path / "out"), CONFIG,
                  beam_pipeline_args="--job_name='unterminated")
+
+
+def _damaged_copy(baseline, tmp_path, damage) -> tuple:
+    examples = tmp_path / "examples"
+    shutil.copytree(baseline, examples)
+    shard = sorted((examples / "train").glob("*.tfrecord.gz"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(damage(data))
+    return examples, shard
+
+
+def test_a_truncated_tfrecord_is_a_precise_one_line_error(baseline, tmp_path, cli):
+    """Beam's own message ends in a 4.9 KB hex dump of a record; the step names the file and
+    what is wrong with it."""
+    examples, shard = _damaged_copy(baseline, tmp_path, lambda data: data[:len(data) // 2])
+    result = cli("components.validate", "--examples", str(examples), "--output",
+                 str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert errors[0].startswith(f"error: validate: {shard}: truncated: the gzip stream ends "
+                                "early, after ")
+    assert "run ingest again" in errors[0] and len(errors[0]) < 300
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_corrupt_tfrecord_names_the_file(baseline, tmp_path):
+    def flip(data: bytes) -> bytes:
+        middle = len(data) // 2
+        return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + \
+            data[middle + 64:]
+
+    examples, shard = _damaged_copy(baseline, tmp_path, flip)
+    with pytest.raises(StepError, match=f"^{shard}: (not readable as gzip|corrupt)"):
+        validate(str(examples), str(tmp_path / "out"), CONFIG)
+    assert not os.path.exists(tmp_path / "out")

@@ -105,7 +105,33 @@ def optional_str(value: str) -> str | None:
 
 def optional_float(value: str) -> float | None:
     """A number, or "" (a KFP default) for 'not given: use the configuration'."""
-    return float(value) if value.strip() else None
+    if not value.strip():
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+def positive_int(value: str) -> int:
+    """A whole number of at least 1 (counts, sizes)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def optional_int(value: str) -> int | None:
+    """A whole number, or "" (a KFP default) for 'not given'."""
+    if not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
 
 
 def add_executor_input(parser) -> None:

@@ -21,6 +21,7 @@ DEFAULT_CONFIG = "cfpb"
 ROLES = ("categorical", "bucketized", "text", "numeric")
 THRESHOLD_POLICIES = ("fixed", "max_f1", "min_cost")
 CALIBRATION_METHODS = ("platt", "isotonic", "none")
+REDACTION_MODES = ("hash", "drop")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,29 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class PrivacySpec:
+    """Personal data in the rows (the `privacy` section).
+
+    `personal_fields`: the fields (column names of the config) that identify or describe a
+    person; the prediction log never stores them in clear. Without the key, the text features
+    (free text is where personal data hides). `mode`: `hash` (a keyed hash, HMAC-SHA256 with
+    the key in the PREDICTION_LOG_KEY environment variable; without a key the fields are
+    dropped) or `drop`.
+    """
+
+    personal_fields: tuple[str, ...] = ()
+    mode: str = "hash"
+
+
+@dataclass(frozen=True)
+class ModelCardSpec:
+    """What the model card says the model is for (the `model_card` section)."""
+
+    intended_use: str = ""
+    out_of_scope: str = ""
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     name: str
     source: str
@@ -102,6 +126,8 @@ class DatasetConfig:
     label: LabelSpec
     id_feature: str
     features: dict[str, tuple[str, ...]]
+    # Features whose column a source may lack (read as missing values; ingest warns and counts).
+    optional_features: tuple[str, ...] = ()
     delimiter: str = ","
     max_field_bytes: int = 1 << 20
     eval_fraction: float = 0.1
@@ -110,6 +136,8 @@ class DatasetConfig:
     preprocessing: PreprocessingSpec = field(default_factory=PreprocessingSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    model_card: ModelCardSpec = field(default_factory=ModelCardSpec)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -218,6 +246,11 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
             )
     if label.feature in seen:
         raise StepError(f"{source}: the label {label.feature!r} cannot also be a feature")
+    optional_features = _as_tuple(raw.get("optional_features"), f"{source}: optional_features")
+    for name in optional_features:
+        if name not in seen:
+            raise StepError(f"{source}: optional_features: {name!r} is not a feature (the label "
+                            "cannot be optional; a missing id column is always allowed)")
 
     csv_raw = raw.get("csv") or {}
     delimiter = str(csv_raw.get("delimiter", ","))
@@ -260,6 +293,8 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
     for name in evaluation.slices:
         if name not in seen:
             raise StepError(f"{source}: evaluation.slices: {name!r} is not a feature")
+    privacy = parse_privacy(raw.get("privacy"), columns, features, source)
+    model_card = _section(raw, "model_card", ModelCardSpec, source)
     return DatasetConfig(
         name=str(raw.get("name") or "dataset"),
         source=source,
@@ -267,6 +302,7 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
         label=label,
         id_feature=id_feature,
         features=features,
+        optional_features=optional_features,
         delimiter=delimiter,
         max_field_bytes=int(csv_raw.get("max_field_bytes", 1 << 20)),
         eval_fraction=check_eval_fraction(eval_fraction, f"{source}: split.eval_fraction"),
@@ -275,8 +311,35 @@ def parse_dataset_config(raw, source: str = "<config>") -> DatasetConfig:
         preprocessing=preprocessing,
         evaluation=evaluation,
         calibration=calibration,
+        privacy=privacy,
+        model_card=model_card,
         raw=raw,
     )
+
+
+def parse_privacy(value, columns: dict, features: dict, source: str) -> PrivacySpec:
+    """The `privacy` section: personal_fields (known column names; absent: the text
+    features) and mode (hash | drop)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise StepError(f"{source}: privacy: expected a mapping with personal_fields and mode")
+    unknown = sorted(set(value) - set(PrivacySpec.__dataclass_fields__))
+    if unknown:
+        raise StepError(f"{source}: privacy: unknown key(s) {unknown}")
+    if "personal_fields" in value:
+        fields = _as_tuple(value["personal_fields"], f"{source}: privacy.personal_fields")
+    else:
+        fields = tuple(features.get("text", ()))
+    strangers = [name for name in fields if name not in columns]
+    if strangers:
+        raise StepError(f"{source}: privacy.personal_fields: {strangers} are not columns of the "
+                        f"config (known: {sorted(columns)})")
+    mode = str(value.get("mode", "hash"))
+    if mode not in REDACTION_MODES:
+        raise StepError(f"{source}: privacy.mode: {mode!r} is not one of "
+                        f"{list(REDACTION_MODES)}")
+    return PrivacySpec(personal_fields=fields, mode=mode)
 
 
 def parse_threshold_policy(value, where: str) -> ThresholdPolicy:

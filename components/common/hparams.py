@@ -9,6 +9,7 @@ the same lines with the same expression. Shared by train and tune, which never i
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from components.common.errors import StepError
@@ -22,11 +23,31 @@ DEFAULTS = {
     "batch_size": 256,
     "early_stopping_patience": 2,
     "seed": 42,
+    # Differentially private training (components/train/privacy.py; also `train --privacy`...).
+    "privacy": "none",        # none | dp-sgd
+    "noise_multiplier": 1.0,  # dp-sgd: Gaussian noise of std noise_multiplier * l2_clip per batch
+    "l2_clip": 1.0,           # dp-sgd: each example's gradient clipped to this L2 norm
+    "target_delta": None,     # dp-sgd: the delta of (epsilon, delta); null: 1 / training rows
+    "max_epsilon": None,      # dp-sgd: refuse, before training, a planned epsilon above it
 }
+PRIVACY_MODES = ("none", "dp-sgd")
+# Keys whose default is null ("not set") take numbers: their type for a search space.
+_NULLABLE = {"target_delta": float, "max_epsilon": float}
 
 
-def parse_hparams(text: str | None) -> dict:
-    """Defaults overridden by the given JSON; unknown keys and bad values are errors."""
+def kind_of(name: str) -> type:
+    """The type a hyperparameter's values have (float for the null-default numbers)."""
+    return _NULLABLE.get(name) or type(DEFAULTS[name])
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def parse_hparams(text: str | None, overrides: dict | None = None) -> dict:
+    """Defaults overridden by the given JSON, then by `overrides` (train's own flags, e.g.
+    `--privacy`); unknown keys and bad values are errors."""
     given = {}
     if text:
         try:
@@ -38,7 +59,7 @@ def parse_hparams(text: str | None) -> dict:
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise StepError(f"--hparams: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    hparams = {**DEFAULTS, **given}
+    hparams = {**DEFAULTS, **given, **(overrides or {})}
     if isinstance(hparams["hidden_units"], int | str):
         try:
             hparams["hidden_units"] = [int(u) for u in str(hparams["hidden_units"]).split(",")
@@ -56,10 +77,19 @@ def parse_hparams(text: str | None) -> dict:
         "batch_size": lambda v: isinstance(v, int) and v > 0,
         "early_stopping_patience": lambda v: isinstance(v, int) and v >= 0,
         "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
+        "privacy": lambda v: v in PRIVACY_MODES,
+        "noise_multiplier": lambda v: _number(v) and v > 0,
+        "l2_clip": lambda v: _number(v) and v > 0,
+        "target_delta": lambda v: v is None or (_number(v) and 0 < v < 1),
+        "max_epsilon": lambda v: v is None or (_number(v) and v > 0),
     }
+    hints = {"privacy": f"one of {', '.join(PRIVACY_MODES)}",
+             "noise_multiplier": "a number > 0", "l2_clip": "a number > 0",
+             "target_delta": "null or a number in (0, 1)", "max_epsilon": "null or a number > 0"}
     for key, ok in checks.items():
         if not ok(hparams[key]):
-            raise StepError(f"--hparams: {key}={hparams[key]!r} is not valid")
+            hint = f" (expected {hints[key]})" if key in hints else ""
+            raise StepError(f"--hparams: {key}={hparams[key]!r} is not valid{hint}")
     return hparams
 
 

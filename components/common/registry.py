@@ -2,6 +2,8 @@
 
     <registry>/<model_name>/<N>/               SavedModel files; N = 1, 2, 3 ... (TF Serving layout)
     <registry>/<model_name>/lineage/<N>.json   lineage of version N (written before the index)
+    <registry>/<model_name>/cards/<N>/         version N's model card (artifacts/model_card.py;
+                                               written before the index, by `before_index`)
     <registry>/<model_name>/index.json         {"model_name", "current", "versions": [...]}
 
 A version exists for readers only once it is listed in index.json, which is written last (one
@@ -27,7 +29,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 LINEAGE_DIR = "lineage"
+CARDS_DIR = "cards"
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".lock"
 SAVED_MODEL_FILE = model_artifact.SAVED_MODEL_FILE
@@ -93,6 +96,11 @@ def version_uri(registry: str, model_name: str, version: int) -> str:
 
 def lineage_uri(registry: str, model_name: str, version: int) -> str:
     return storage.join(model_uri(registry, model_name), LINEAGE_DIR, f"{int(version)}.json")
+
+
+def card_uri(registry: str, model_name: str, version: int) -> str:
+    """The folder of version N's model card: beside `<N>/`, whose files are the model_id."""
+    return storage.join(model_uri(registry, model_name), CARDS_DIR, str(int(version)))
 
 
 def index_uri(registry: str, model_name: str) -> str:
@@ -281,7 +289,8 @@ UNCHECKED = object()
 
 
 def publish(registry: str, model_name: str, model_dir: str,
-            lineage: Mapping[str, Any], *, evaluated_against=UNCHECKED) -> Published:
+            lineage: Mapping[str, Any], *, evaluated_against=UNCHECKED,
+            before_index: Callable[[dict], None] | None = None) -> Published:
     """Publish the SavedModel in `model_dir` as the next version of `model_name`; current = it.
 
     `lineage` holds what is known about the model: at least `model_id` (== `model_id_of(
@@ -295,6 +304,10 @@ def publish(registry: str, model_name: str, model_dir: str,
     the registry's current version is another one now (another push came first), the blessing
     is stale and nothing is published: checked under the lock (local registries), so two
     concurrent pushes cannot both pass it.
+
+    `before_index(record)`: called with the version's lineage record once its files and
+    lineage are in place and before the index lists it (push writes the model card there);
+    if it fails, the version is not published (its number is never reused).
     """
     check_model_name(model_name)
     if not os.path.isfile(os.path.join(model_dir, SAVED_MODEL_FILE)):
@@ -312,15 +325,15 @@ def publish(registry: str, model_name: str, model_dir: str,
     base = model_uri(registry, model_name)
     if storage.is_s3(base):
         return _publish(registry, model_name, model_dir, dict(lineage), _upload_version,
-                        evaluated_against)
+                        evaluated_against, before_index)
     with _local_lock(base):
         _clean_staging(base)
         return _publish(registry, model_name, model_dir, dict(lineage), _rename_version,
-                        evaluated_against)
+                        evaluated_against, before_index)
 
 
 def _publish(registry: str, model_name: str, model_dir: str, lineage: dict, place,
-             evaluated_against=UNCHECKED) -> Published:
+             evaluated_against=UNCHECKED, before_index=None) -> Published:
     index = read_index(registry, model_name)
     existing = find_version(index, model_id=lineage["model_id"])
     if existing is not None:
@@ -361,6 +374,8 @@ def _publish(registry: str, model_name: str, model_dir: str, lineage: dict, plac
     record.setdefault("baseline_version", (lineage.get("baseline") or {}).get("version"))
     place(registry, model_name, model_dir, version, lineage["model_id"])
     documents.write_json(lineage_uri(registry, model_name, version), record)
+    if before_index is not None:
+        before_index(record)
     entry = {key: record.get(key) for key in INDEX_FIELDS}
     write_index(registry, model_name, {
         **index, "model_name": model_name, "current": version,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -98,21 +99,59 @@ def _s3_error(uri: str, exc: Exception) -> StepError:
     return StepError(f"{uri}: S3 error {code}: {getattr(exc, 'message', None) or exc}")
 
 
+def _endpoint() -> str:
+    return os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "?"
+
+
+def _short_reason(exc: Exception) -> str:
+    """`Connection refused`, `timed out`, `Name or service not known` from urllib3's nesting."""
+    reason = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last failure
+    text = " ".join(str(reason).split())
+    errno_text = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno_text:
+        return errno_text[-1].strip()
+    if "timed out" in text.lower():
+        return "timed out"
+    return f"{type(reason).__name__}: {text[:200]}"
+
+
+@contextlib.contextmanager
+def _s3_call(uri: str) -> Iterator[None]:
+    """An S3 endpoint that does not answer (refused, unknown host, timeout, broken connection,
+    5xx after the retries, not S3 at all) as one line naming the URI and the endpoint."""
+    import urllib3
+    from minio.error import InvalidResponseError, ServerError
+
+    try:
+        yield
+    except urllib3.exceptions.HTTPError as exc:
+        raise StepError(f"{uri}: S3 endpoint {_endpoint()} did not answer "
+                        f"({_short_reason(exc)}; {RETRIES} retries); check S3_ENDPOINT_URL "
+                        "and that the object store is up") from exc
+    except ServerError as exc:
+        raise StepError(f"{uri}: S3 endpoint {_endpoint()} failed with HTTP "
+                        f"{exc.status_code} after {RETRIES} retries") from exc
+    except InvalidResponseError as exc:
+        raise StepError(f"{uri}: S3 endpoint {_endpoint()} did not answer as S3 does "
+                        f"({' '.join(str(exc).split())[:200]}); check S3_ENDPOINT_URL") from exc
+
+
 def exists(uri: str) -> bool:
     if not is_s3(uri):
         return os.path.exists(uri)
     from minio.error import S3Error
 
     bucket, key = split_s3(uri)
-    try:
-        s3_client().stat_object(bucket, key)
-        return True
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-            return False
-        if exc.code == "NoSuchBucket":
-            return False
-        raise _s3_error(uri, exc) from exc
+    with _s3_call(uri):
+        try:
+            s3_client().stat_object(bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            if exc.code == "NoSuchBucket":
+                return False
+            raise _s3_error(uri, exc) from exc
 
 
 @contextlib.contextmanager
@@ -133,14 +172,16 @@ def open_read(uri: str) -> Iterator[BinaryIO]:
     from minio.error import S3Error
 
     bucket, key = split_s3(uri)
+    with _s3_call(uri):
+        try:
+            response = s3_client().get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise StepError(f"{uri}: object not found ({exc.code})") from exc
+            raise _s3_error(uri, exc) from exc
     try:
-        response = s3_client().get_object(bucket, key)
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchBucket"):
-            raise StepError(f"{uri}: object not found ({exc.code})") from exc
-        raise _s3_error(uri, exc) from exc
-    try:
-        yield response
+        with _s3_call(uri):  # the connection may break while the caller reads
+            yield response
     finally:
         response.close()
         response.release_conn()
@@ -158,12 +199,13 @@ def write_stream(uri: str, stream: BinaryIO) -> None:
 
         bucket, key = split_s3(uri)
         client = s3_client()
-        try:
-            if not client.bucket_exists(bucket):
-                client.make_bucket(bucket)
-            client.put_object(bucket, key, stream, length=-1, part_size=PART_SIZE)
-        except S3Error as exc:
-            raise _s3_error(uri, exc) from exc
+        with _s3_call(uri):
+            try:
+                if not client.bucket_exists(bucket):
+                    client.make_bucket(bucket)
+                client.put_object(bucket, key, stream, length=-1, part_size=PART_SIZE)
+            except S3Error as exc:
+                raise _s3_error(uri, exc) from exc
         return
     directory = os.path.dirname(os.path.abspath(uri))
     try:
@@ -216,16 +258,18 @@ def create_exclusive(uri: str, data: bytes) -> bool:
 
         bucket, key = split_s3(uri)
         client = s3_client()
-        try:
-            # minio's public put_object sends unknown headers as user metadata; the conditional
-            # header has to reach S3 as it is, which its PutObject primitive does.
-            client._put_object(bucket, key, data, headers={
-                "If-None-Match": "*", "Content-Type": "application/json"})
-            return True
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return read_bytes(uri) == data
-            raise _s3_error(uri, exc) from exc
+        with _s3_call(uri):
+            try:
+                # minio's public put_object sends unknown headers as user metadata; the
+                # conditional header has to reach S3 as it is, which its PutObject primitive
+                # does.
+                client._put_object(bucket, key, data, headers={
+                    "If-None-Match": "*", "Content-Type": "application/json"})
+                return True
+            except S3Error as exc:
+                if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return read_bytes(uri) == data
+                raise _s3_error(uri, exc) from exc
     directory = os.path.dirname(os.path.abspath(uri))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -268,11 +312,12 @@ def list_uris(prefix: str) -> list[str]:
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
         try:
-            client = s3_client()
-            if not client.bucket_exists(bucket):
-                return []
-            objects = client.list_objects(bucket, prefix=key, recursive=True)
-            return sorted(f"s3://{bucket}/{obj.object_name}" for obj in objects)
+            with _s3_call(prefix):
+                client = s3_client()
+                if not client.bucket_exists(bucket):
+                    return []
+                objects = client.list_objects(bucket, prefix=key, recursive=True)
+                return sorted(f"s3://{bucket}/{obj.object_name}" for obj in objects)
         except S3Error as exc:
             raise _s3_error(prefix, exc) from exc
     found = []
@@ -290,13 +335,14 @@ def list_objects(prefix: str) -> list[tuple[str, int, str]]:
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
         try:
-            client = s3_client()
-            if not client.bucket_exists(bucket):
-                return []
-            return sorted((f"s3://{bucket}/{o.object_name}", int(o.size or 0),
-                           (o.etag or "").strip('"'))
-                          for o in client.list_objects(bucket, prefix=key, recursive=True)
-                          if not o.is_dir)
+            with _s3_call(prefix):
+                client = s3_client()
+                if not client.bucket_exists(bucket):
+                    return []
+                return sorted((f"s3://{bucket}/{o.object_name}", int(o.size or 0),
+                               (o.etag or "").strip('"'))
+                              for o in client.list_objects(bucket, prefix=key, recursive=True)
+                              if not o.is_dir)
         except S3Error as exc:
             raise _s3_error(prefix, exc) from exc
     found = []
@@ -309,8 +355,14 @@ def list_objects(prefix: str) -> list[tuple[str, int, str]]:
 
 def delete(uri: str) -> None:
     if is_s3(uri):
+        from minio.error import S3Error
+
         bucket, key = split_s3(uri)
-        s3_client().remove_object(bucket, key)
+        with _s3_call(uri):
+            try:
+                s3_client().remove_object(bucket, key)
+            except S3Error as exc:
+                raise _s3_error(uri, exc) from exc
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(uri)

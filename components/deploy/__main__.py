@@ -7,6 +7,7 @@ import sys
 from components.common.cli import (
     StepArgumentParser,
     add_executor_input,
+    optional_int,
     optional_str,
     parse_bool,
     run_step,
@@ -15,10 +16,6 @@ from components.common.cli import (
 STRATEGIES = ("canary", "promote", "rollback")
 TARGETS = ("local", "kserve")
 
-
-
-def _optional_int(value: str) -> int | None:
-    return int(value) if value not in ("", None) else None
 
 
 def build_parser() -> StepArgumentParser:
@@ -35,7 +32,7 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--registry", required=True,
                         help="model registry: a directory or s3://bucket/prefix")
     parser.add_argument("--model-name", required=True, help="the model's name in the registry")
-    parser.add_argument("--version", type=_optional_int, default=None, metavar="N",
+    parser.add_argument("--version", type=optional_int, default=None, metavar="N",
                         help="registry version to deploy (required for canary and promote; "
                              "0 means not pushed: skip)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="canary")

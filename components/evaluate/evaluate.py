@@ -388,6 +388,8 @@ def kfp_scalars(metrics: dict) -> dict[str, float]:
     if metrics["baseline"]:
         baseline = evaluation.scalar_metrics(metrics["baseline"]["overall"], keys)
         scalars.update({f"baseline_{k}": v for k, v in baseline.items()})
+    # The privacy budget of a model trained with DP (dp_epsilon, dp_delta, ...).
+    scalars.update(model_artifact.dp_scalars((metrics.get("model") or {}).get("training")))
     return scalars
 
 
@@ -396,7 +398,8 @@ def _training_summary(info: dict) -> dict | None:
     if not training:
         return None
     keys = ("dataset_version", "preprocessing_hash", "signature_hash", "code_version",
-            "created_at", "hparams", "metrics", "decision_threshold")
+            "created_at", "hparams", "metrics", "decision_threshold",
+            model_artifact.PRIVACY_FIELD)
     return {k: training.get(k) for k in keys if k in training}
 
 

@@ -10,6 +10,7 @@ dependence from the counterfactual flips.
 from __future__ import annotations
 
 from components.common.artifacts.evaluation import SCALAR_METRICS
+from components.common.artifacts.model import privacy_of
 from components.common.html_report import (
     e,
     figure,
@@ -242,6 +243,21 @@ def _dependence_table(features: dict) -> str:
     return "".join(out)
 
 
+def _privacy_line(privacy: dict | None) -> str:
+    """One paragraph: the privacy budget of a model trained with DP-SGD, else that it was not."""
+    if privacy is None:
+        return ("<p class='muted'>Trained without differential privacy (no privacy budget).</p>")
+    return (f"<p id='privacy'><b>Differentially private training</b> "
+            f"({e(privacy.get('mechanism'))}, {e(privacy.get('sampling'))} sampling): "
+            f"<b>&epsilon; = {num(privacy.get('epsilon'), '.3g')}</b> at &delta; = "
+            f"{num(privacy.get('target_delta'), '.3g')} after {n(privacy.get('steps'))} steps "
+            f"(noise multiplier {num(privacy.get('noise_multiplier'), '.3g')}, clip "
+            f"{num(privacy.get('l2_clip'), '.3g')}, sampling rate "
+            f"{num(privacy.get('sampling_rate'), '.3g')}). It bounds what the model reveals "
+            "about any one training row; the eval rows scored here and the calibration "
+            "holdout are not covered.</p>")
+
+
 def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
     overall = metrics["overall"]
     baseline_entry = metrics.get("baseline")
@@ -259,6 +275,7 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
     training = model.get("training") or {}
     trained_on = training.get("dataset_version")
     policy = (training.get("decision_threshold") or {}).get("policy")
+    privacy = privacy_of(training)
     threshold_source = metrics.get("decision_threshold_source") or "config"
     if threshold_source == "model" and policy:
         threshold_source = f"the model's, policy {policy}"
@@ -269,6 +286,7 @@ def write_report(path: str, metrics: dict, blessing: dict, config) -> None:
         + (f" (trained on {e(trained_on)})" if trained_on else "")
         + f"; decision threshold {num(metrics['decision_threshold'], '.4g')} "
         f"({e(threshold_source)}). Baseline: {baseline_text}.</p>",
+        _privacy_line(privacy),
         "<h2>Blessing</h2>",
         *_blessing_section(blessing),
         "<h2>Overall metrics</h2>",

@@ -1,6 +1,7 @@
 """The newly labelled rows as the next dataset version: a CSV ingest reads like any export.
 
-Rows are the logged inputs of the scored predictions, their key as the id and their label as
+Rows are the logged inputs of the scored predictions (personal fields, which the log keeps
+only hashed or not at all, are blank), their key as the id and their label as
 the config's first positive/negative value, under the config's first header of each column
 (`Product`, ..., `Consumer disputed?`, `Complaint ID` for cfpb). They stream to a temporary
 file during the join. With `combine` (the default) the new version is the deployed stable
@@ -39,6 +40,7 @@ class NewRows:
         self.config = config
         self.path = os.path.join(directory, "new_rows.csv")
         self.count = 0
+        self.redacted: dict[str, int] = {}  # feature -> rows where the log had it redacted
         self._handle = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
         self._writer = csv.writer(self._handle, delimiter=config.delimiter, lineterminator="\n")
         self._writer.writerow([config.columns[name][0] for name in columns_of(config)])
@@ -50,9 +52,17 @@ class NewRows:
         values.append(record.key or "")
         self._writer.writerow(values)
         self.count += 1
+        for name in record.redacted:  # personal: not in the log in clear, so blank here
+            self.redacted[name] = self.redacted.get(name, 0) + 1
 
     def close(self) -> None:
         self._handle.close()
+        features = {name: rows for name, rows in self.redacted.items()
+                    if name in self.config.feature_names}
+        if features:
+            log.warning("new rows: %s blank where the prediction log kept no clear value "
+                        "(personal fields, privacy.personal_fields of the dataset config)",
+                        ", ".join(f"{name} in {rows}" for name, rows in sorted(features.items())))
 
 
 def _text(value) -> str:

@@ -11,8 +11,10 @@ from components.common.cli import (
     optional_float,
     optional_str,
     parse_bool,
+    positive_int,
     run_step,
 )
+from components.ingest.ingest import DUPLICATE_POLICIES
 
 
 def build_parser() -> StepArgumentParser:
@@ -25,14 +27,18 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--output", required=True,
                         help="directory for train/, eval/ and metadata.json (must be empty)")
     add_dataset_config(parser)
-    parser.add_argument("--eval-fraction", type=optional_float, default=None,
+    parser.add_argument("--eval-fraction", type=optional_float, default=None, metavar="FRACTION",
                         help="share of rows in the eval split (default or empty: the dataset "
                              "config's split.eval_fraction)")
     parser.add_argument("--store", type=optional_str, default=None,
                         help="keep an immutable snapshot of the source under its version in this "
                              "directory or s3://bucket/prefix")
-    parser.add_argument("--rows-per-shard", type=int, default=250_000,
+    parser.add_argument("--rows-per-shard", type=positive_int, default=250_000, metavar="N",
                         help="rows per TFRecord shard (default 250000)")
+    parser.add_argument("--on-duplicate-id", choices=DUPLICATE_POLICIES, default="keep-last",
+                        help="rows that share an id: keep the last of each (default; the CFPB "
+                             "export's updates), keep the first, or fail when their content "
+                             "differs (error); counted in metadata.json either way")
     parser.add_argument("--rerun", type=parse_bool, default=False, metavar="true|false",
                         help="data the store already has counts as new: runs again what a "
                              "failed run left undone (default false: the run skips itself)")
@@ -43,17 +49,14 @@ def build_parser() -> StepArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from components.common.dataset_config import load_dataset_config
-    from components.common.errors import StepError
     from components.common.kfp_executor import ExecutorIO
     from components.ingest.ingest import IngestOptions, ingest
 
-    if args.rows_per_shard < 1:
-        raise StepError(f"--rows-per-shard must be at least 1, got {args.rows_per_shard}")
     executor = ExecutorIO(args.executor_input)
     config = load_dataset_config(args.dataset_config)
     metadata = ingest(args.source, args.output, config, IngestOptions(
         eval_fraction=args.eval_fraction, store=args.store, rows_per_shard=args.rows_per_shard,
-        rerun=args.rerun,
+        rerun=args.rerun, on_duplicate_id=args.on_duplicate_id,
     ))
     executor.artifact("examples", {
         "dataset_version": metadata["dataset_version"],

@@ -1,8 +1,13 @@
 """Streaming RFC 4180 reading of a CSV source, with errors that say file, row and column.
 
 Quoted fields may hold commas, quotes and newlines; the source may start with a UTF-8 BOM.
-Bytes are decoded one physical line at a time so an invalid byte is reported at its exact
-line and column, and the raw bytes pass through a hash on the way (the dataset version).
+Lines end with LF or CRLF, or with CR alone (classic Mac files: recognised from the first
+block). Bytes are decoded one physical line at a time so an invalid byte is reported at its
+exact line and column, and the raw bytes pass through a hash on the way (the dataset version).
+
+A file written by R's `write.table` (row names on, the header one field short of every row) is
+recognised only when every row is exactly one field longer than the header and starts with an
+increasing integer; the row names are then dropped. Anything else that is ragged is an error.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from components.common.errors import StepError
 
 BOM = "\ufeff"
 OTHER_DELIMITERS = (";", "\t", "|")
+BLOCK_BYTES = 1 << 20
 
 
 class HashingReader:
@@ -25,18 +31,24 @@ class HashingReader:
         self._stream = stream
         self.sha256 = hashlib.sha256()
         self.bytes_read = 0
+        self.newline = b"\n"  # b"\r" for a file whose lines end with CR alone
 
     def blocks(self) -> Iterator[bytes]:
-        """About 1 MB at a time, each block ending at a newline (the last one may not):
+        """About 1 MB at a time, each block ending at a line break (the last one may not):
         memory stays bounded by the block size plus the longest line."""
         pending = b""
+        first = True
         while True:
-            chunk = self._stream.read(1 << 20)
+            chunk = self._stream.read(BLOCK_BYTES)
             if not chunk:
                 break
             self.sha256.update(chunk)
             self.bytes_read += len(chunk)
-            cut = chunk.rfind(b"\n")
+            if first:
+                first = False
+                if b"\n" not in chunk and b"\r" in chunk:
+                    self.newline = b"\r"
+            cut = chunk.rfind(self.newline)
             if cut < 0:
                 pending += chunk
                 continue
@@ -51,6 +63,7 @@ class CsvRows:
 
     `row_number` is the 1-based data row (the header is row 0) and `line_number` the physical
     line where the current row ends, for messages a person can find in an editor.
+    `r_row_names` is True once R's row names were recognised (and are being dropped).
     """
 
     def __init__(self, stream: BinaryIO, name: str, delimiter: str = ",",
@@ -59,6 +72,7 @@ class CsvRows:
         self.delimiter = delimiter
         self.source = HashingReader(stream)
         self.row_number = 0
+        self.r_row_names = False
         csv.field_size_limit(max_field_bytes)
         self.max_field_bytes = max_field_bytes
         self._reader = csv.reader(self._decoded_lines(), delimiter=delimiter, strict=True)
@@ -69,27 +83,33 @@ class CsvRows:
         """Physical lines consumed so far (the csv reader counts what it takes)."""
         return self._reader.line_num
 
+    @property
+    def cr_line_endings(self) -> bool:
+        return self.source.newline == b"\r"
+
     def _decoded_lines(self) -> Iterator[str]:
-        """Lines split on "\n" only (a narrative may hold other line breaks such as U+2028),
-        decoded a block at a time; an invalid byte is located at its exact line and byte."""
+        """Lines split on the file's line break only (a narrative may hold other line breaks
+        such as U+2028), decoded a block at a time; an invalid byte is located at its exact
+        line and byte."""
         lines_before = 0
         for block in self.source.blocks():
+            newline = self.source.newline.decode()
             try:
                 text = block.decode("utf-8")
             except UnicodeDecodeError:
                 self._raise_decode_error(block, lines_before)
             if lines_before == 0 and text.startswith(BOM):
                 text = text[1:]
-            lines = text.split("\n")
-            last = lines.pop()  # "" when the block ends with a newline
+            lines = text.split(newline)
+            last = lines.pop()  # "" when the block ends with a line break
             lines_before += len(lines)
-            yield from [line + "\n" for line in lines]
+            yield from [line + newline for line in lines]
             if last:
                 lines_before += 1
                 yield last
 
     def _raise_decode_error(self, block: bytes, lines_before: int) -> None:
-        for number, raw in enumerate(block.split(b"\n"), start=lines_before + 1):
+        for number, raw in enumerate(block.split(self.source.newline), start=lines_before + 1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -101,6 +121,8 @@ class CsvRows:
 
     def _next_record(self) -> list[str] | None:
         start_line = self.line_number + 1
+        where = (f"row {self.row_number + 1} (from line {start_line})" if self.row_number or
+                 start_line > 1 else "the header (line 1)")
         try:
             return next(self._reader)
         except StopIteration:
@@ -108,25 +130,34 @@ class CsvRows:
         except csv.Error as exc:
             message = str(exc)
             if "field larger than field limit" in message:
+                spanned = self.line_number - start_line + 1
+                hint = (f"; it spans lines {start_line} to {self.line_number}, so a quote "
+                        f"opened there and never closed is the likelier cause"
+                        if spanned > 100 else "")
                 raise StepError(
-                    f"{self.name}: row {self.row_number + 1} (from line {start_line}): a field "
-                    f"is longer than {self.max_field_bytes} bytes, most likely an unterminated "
-                    "quote"
+                    f"{self.name}: {where}: a field is over the limit of "
+                    f"{self.max_field_bytes} bytes; if such long fields are real, raise "
+                    f"csv.max_field_bytes in the dataset config{hint}"
                 ) from exc
             if "unexpected end of data" in message:
                 raise StepError(
-                    f"{self.name}: row {self.row_number + 1} (from line {start_line}): "
-                    "unterminated quoted field, the file ends inside quotes"
+                    f"{self.name}: {where}: unterminated quoted field, the file ends inside "
+                    "quotes"
                 ) from exc
             if "expected after '\"'" in message and start_line < self.line_number:
                 raise StepError(
-                    f"{self.name}: row {self.row_number + 1} (from line {start_line}): a quoted "
-                    f"field is not closed (unterminated quote?); parsing broke at line "
-                    f"{self.line_number}"
+                    f"{self.name}: {where}: a quoted field is not closed (unterminated "
+                    f"quote?); parsing broke at line {self.line_number}"
+                ) from exc
+            if "new-line character seen in unquoted field" in message:
+                raise StepError(
+                    f"{self.name}: {where}: a carriage return (CR) inside an unquoted field at "
+                    f"line {self.line_number}: the file mixes line endings (CR alone and LF); "
+                    "save it with one kind of line ending, or quote fields that hold line "
+                    "breaks"
                 ) from exc
             raise StepError(
-                f"{self.name}: row {self.row_number + 1}, line {self.line_number}: "
-                f"malformed CSV: {message}"
+                f"{self.name}: {where}, line {self.line_number}: malformed CSV: {message}"
             ) from exc
 
     def _read_header(self) -> list[str]:
@@ -142,10 +173,22 @@ class CsvRows:
                     f"the file seems delimited by {found[0]!r}, expected {self.delimiter!r} "
                     "(set csv.delimiter in the dataset config)"
                 )
+        seen: dict[str, int] = {}
+        repeated = []
+        for column, name in enumerate(header, start=1):
+            if name and name in seen:
+                repeated.append(f"{name!r} (columns {seen[name]} and {column})")
+            seen.setdefault(name, column)
+        if repeated:
+            raise StepError(
+                f"{self.name}: line 1: the header names {', '.join(repeated[:5])} more than "
+                "once; which column is meant is a guess, so rename or remove the extra one"
+            )
         return header
 
     def __iter__(self) -> Iterator[list[str]]:
         width = len(self.header)
+        previous_name = -1
         while True:
             record = self._next_record()
             if record is None:
@@ -153,9 +196,31 @@ class CsvRows:
             if not record:  # a blank line between records
                 continue
             self.row_number += 1
+            if self.row_number == 1 and len(record) == width + 1 and _row_name(record[0]) > 0:
+                self.r_row_names = True  # confirmed row by row: any misfit is an error below
+            if self.r_row_names:
+                name = _row_name(record[0]) if len(record) == width + 1 else -1
+                if name <= previous_name:
+                    raise StepError(
+                        f"{self.name}: row {self.row_number} (line {self.line_number}): "
+                        + (f"{len(record)} fields, expected {width + 1} as in every row before "
+                           f"(the header's {width} and R's row names)"
+                           if len(record) != width + 1 else
+                           f"first field {record[0][:20]!r} does not continue the increasing "
+                           f"row numbers of the rows before (R's row names; the header has "
+                           f"{width} fields)"))
+                previous_name = name
+                yield record[1:]
+                continue
             if len(record) != width:
                 raise StepError(
                     f"{self.name}: row {self.row_number} (line {self.line_number}): "
                     f"{len(record)} fields, expected {width} as in the header"
                 )
             yield record
+
+
+def _row_name(text: str) -> int:
+    """R's row name as a number (>= 0), or -1 when the field is not one."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from components.common.cli import StepArgumentParser, add_executor_input, optional_str, run_step
+from components.common.cli import (
+    StepArgumentParser,
+    add_dataset_config,
+    add_executor_input,
+    optional_str,
+    run_step,
+)
 
 
 def build_parser() -> StepArgumentParser:
@@ -26,23 +33,40 @@ def build_parser() -> StepArgumentParser:
     parser.add_argument("--pushed-model", type=optional_str, default=None, metavar="FILE",
                         help="also write the result (push.json) to this file (the KFP "
                              "pushed_model artifact)")
+    parser.add_argument("--model-card", type=optional_str, default=None, metavar="FILE",
+                        help="also write the version's model card (HTML) to this file (the KFP "
+                             "HTML artifact; a short page saying why when nothing was pushed)")
+    parser.add_argument("--pipeline-images", type=optional_str, default=None, metavar="JSON",
+                        help="the images the pipeline was compiled with, {step: image}, for "
+                             "the model card's provenance")
+    add_dataset_config(parser)
     add_executor_input(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from components.common.dataset_config import load_dataset_config
     from components.common.kfp_executor import ExecutorIO
-    from components.push.push import push, write_result
+    from components.push.push import card_page, parse_pipeline_images, push, write_result
 
+    images = parse_pipeline_images(args.pipeline_images)  # before any work
+    config = load_dataset_config(args.dataset_config)
     executor = ExecutorIO(args.executor_input)
-    result = push(args.model, args.evaluation, args.registry, args.model_name)
+    result = push(args.model, args.evaluation, args.registry, args.model_name, config, images)
     if args.pushed_model:
         write_result(args.pushed_model, result)
+    if args.model_card:
+        os.makedirs(os.path.dirname(os.path.abspath(args.model_card)), exist_ok=True)
+        with open(args.model_card, "wb") as handle:
+            handle.write(card_page(result))
     executor.artifact("pushed_model", {
         key: result[key]
-        for key in ("pushed", "status", "version", "semver", "uri", "model_id", "model_name")
+        for key in ("pushed", "status", "version", "semver", "uri", "model_id", "model_name",
+                    "model_card")
     })
+    executor.artifact("model_card", {"pushed": result["pushed"], "version": result["version"],
+                                     "model_card": result["model_card"]})
     executor.parameter("pushed", result["pushed"])
     executor.parameter("model_version", result["version"])
     executor.write()

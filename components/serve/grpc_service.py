@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from components.common.errors import StepError
 from components.serve.models import (
     DECISION_OUTPUT,
     OUTPUT,
@@ -29,8 +30,15 @@ from components.serve.models import (
     THRESHOLD_OUTPUT,
     BadRequest,
     NotFound,
+    Unavailable,
 )
-from components.serve.service import KEY_FIELDS, Service
+from components.serve.service import (
+    KEY_FIELDS,
+    MAX_INSTANCES,
+    MAX_REQUEST_BYTES,
+    Service,
+    check_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,8 @@ def _strings(tensor, name: str) -> list[str]:
         raise BadRequest(f"input {name!r}: expected a DT_STRING tensor, got "
                          f"{types_pb2.DataType.Name(tensor.dtype)}")
     dims = [d.size for d in tensor.tensor_shape.dim]
+    if len(dims) == 1 and dims[0] > MAX_INSTANCES:
+        check_count(dims[0])
     count = 1
     for d in dims:
         count *= d
@@ -98,6 +108,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise BadRequest("every input needs the same non-zero number of values, got "
                                  f"{ {f: len(v) for f, v in columns.items()} }")
             count = lengths.pop()
+            check_count(count)
             rows = [{f: columns[f][i] for f in model.features} for i in range(count)]
             keys = next(([v or None for v in _strings(request.inputs[f], f)]
                          for f in KEY_FIELDS if f in request.inputs
@@ -125,6 +136,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         except NotFound as exc:
             code = grpc.StatusCode.NOT_FOUND
             context.abort(code, str(exc))
+        except Unavailable as exc:
+            code = grpc.StatusCode.UNAVAILABLE
+            context.abort(code, str(exc))
         except Exception as exc:
             if context.code() is not None:  # abort() raised: the status is already set
                 code = context.code()
@@ -147,6 +161,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             model = self.service.route(*_selected(request.model_spec))
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for name, signature in model.signature_defs.items():
             signature_map.signature_def[name].CopyFrom(signature)
@@ -174,6 +190,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 versions = sorted(self.service.manager.table.models)
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         response = get_model_status_pb2.GetModelStatusResponse()
         for v in versions:
             status = response.model_version_status.add()
@@ -182,14 +200,26 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def make_grpc_server(service: Service, host: str, port: int, workers: int = 16):
-    """A gRPC server (not started) with both services; returns (server, bound port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
-                                                    thread_name_prefix="serve-grpc"))
+def make_grpc_server(service: Service, host: str, port: int, workers: int = 16,
+                     max_request_bytes: int = MAX_REQUEST_BYTES):
+    """A gRPC server (not started) with both services; returns (server, bound port).
+
+    The request limit is REST's: a message over `max_request_bytes` is RESOURCE_EXHAUSTED
+    (gRPC's own check), more than MAX_INSTANCES examples INVALID_ARGUMENT; calls beyond
+    4 x `workers` at once are RESOURCE_EXHAUSTED instead of queueing without bound."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="serve-grpc"),
+        options=[("grpc.max_receive_message_length", max_request_bytes),
+                 ("grpc.so_reuseport", 0)],  # a port in use is an error, not shared
+        maximum_concurrent_rpcs=4 * workers)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(service), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if not bound:
-        raise OSError(f"gRPC: could not bind {host}:{port}")
+        raise StepError(f"gRPC port {host}:{port}: cannot listen there (in use, or not an "
+                        "address of this machine)")
     return server, bound

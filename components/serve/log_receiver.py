@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from components.serve.prediction_log import PredictionLog
+from components.serve.prediction_log import PredictionLog, Redaction
 from components.serve.service import KEY_FIELDS
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     import signal
     import sys
 
-    from components.common.cli import StepArgumentParser
+    from components.common.cli import StepArgumentParser, add_dataset_config
 
     parser = StepArgumentParser("serve", prog="python -m components.serve.log_receiver",
                                 description="Receive KServe payload-logger CloudEvents at "
@@ -294,8 +294,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", required=True, help="the model's name")
     parser.add_argument("--host", default="127.0.0.1", help="address (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    add_dataset_config(parser)  # its privacy section: what the prediction log keeps
     args = parser.parse_args(argv)
-    prediction_log = PredictionLog(args.log_store, args.model_name)
+    from components.common.dataset_config import load_dataset_config
+
+    redaction = Redaction.from_config(load_dataset_config(args.dataset_config))
+    prediction_log = PredictionLog(args.log_store, args.model_name, redaction=redaction)
     receiver = LogReceiver(prediction_log)
     server = make_server(receiver, args.host, args.port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -8,12 +8,17 @@ import threading
 import uuid
 from collections.abc import Sequence
 
-from components.serve.models import BadRequest, LoadedModel, ModelManager
+from components.serve.models import BadRequest, LoadedModel, ModelManager, Unavailable
 from components.serve.prediction_log import PredictionLog
 
 KEY_FIELDS = ("id", "complaint_id")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The one request limit, REST and gRPC alike: at most MAX_INSTANCES examples, in at most
+# MAX_REQUEST_BYTES (a REST body; a gRPC message) by default (`--max-request-bytes`). The
+# default holds 10,000 rows of about 1.6 KB each in either REST format (generated CFPB rows
+# average 0.5 KB as JSON); rows with longer narratives need a higher --max-request-bytes.
 MAX_INSTANCES = 10_000
+MAX_REQUEST_BYTES = 16 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,10 +82,23 @@ class Metrics:
 # ---------------------------------------------------------------------------------------------
 # Input validation (shared by REST and gRPC).
 
+def check_count(count: int) -> None:
+    """The example cap both protocols enforce."""
+    if count > MAX_INSTANCES:
+        raise BadRequest(f"too many examples: {count} > {MAX_INSTANCES} per request (split "
+                         "the batch)")
+
+
 def _as_string(value, feature: str, where: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON)
+                raise BadRequest(f"{where}: feature {feature!r} is not valid Unicode (a lone "
+                                 "surrogate)") from None
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"{where}: feature {feature!r} must be a string (or a number), "
@@ -92,8 +110,7 @@ def rows_from_instances(instances, features: Sequence[str]) -> list[dict[str, st
     """`[{feature: value, ...}, ...]` -> rows with every feature as a string."""
     if not isinstance(instances, list) or not instances:
         raise BadRequest("'instances' must be a non-empty list of objects (one per example)")
-    if len(instances) > MAX_INSTANCES:
-        raise BadRequest(f"too many instances: {len(instances)} > {MAX_INSTANCES}")
+    check_count(len(instances))
     rows = []
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
@@ -119,10 +136,18 @@ def rows_from_columns(inputs, features: Sequence[str]) -> list[dict[str, str]]:
         raise BadRequest(f"inputs: every feature needs the same non-zero number of values, got "
                          f"{ {f: len(c) for f, c in columns.items()} }")
     count = lengths.pop()
-    if count > MAX_INSTANCES:
-        raise BadRequest(f"too many examples: {count} > {MAX_INSTANCES}")
+    check_count(count)
     return [{f: _as_string(columns[f][i], f, f"inputs[{f!r}][{i}]") for f in features}
             for i in range(count)]
+
+
+def _key(value) -> str | None:
+    """A key field's value as a key: strings and numbers only (not "", not nested JSON)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def keys_of(instances, count: int) -> list[str | None]:
@@ -132,13 +157,13 @@ def keys_of(instances, count: int) -> list[str | None]:
     if isinstance(instances, list):
         for i, instance in enumerate(instances[:count]):
             if isinstance(instance, dict):
-                keys[i] = next((str(instance[n]) for n in KEY_FIELDS
-                                if instance.get(n) not in (None, "")), None)
+                keys[i] = next((k for n in KEY_FIELDS
+                                if (k := _key(instance.get(n))) is not None), None)
     elif isinstance(instances, dict):
         for name in KEY_FIELDS:
             values = instances.get(name)
             if isinstance(values, list) and len(values) == count:
-                keys = [str(v) if v not in (None, "") else None for v in values]
+                keys = [_key(v) for v in values]
                 break
     return keys
 
@@ -147,13 +172,13 @@ def key_of(instances) -> str | None:
     """The sticky routing key: the first instance's `id` or `complaint_id`."""
     if isinstance(instances, list) and instances and isinstance(instances[0], dict):
         for name in KEY_FIELDS:
-            if instances[0].get(name) not in (None, ""):
-                return str(instances[0][name])
+            if (key := _key(instances[0].get(name))) is not None:
+                return key
     if isinstance(instances, dict):
         for name in KEY_FIELDS:
             values = instances.get(name)
-            if isinstance(values, list) and values and values[0] not in (None, ""):
-                return str(values[0])
+            if isinstance(values, list) and values and (key := _key(values[0])) is not None:
+                return key
     return None
 
 
@@ -167,7 +192,10 @@ class Service:
 
     def route(self, version: int | None = None, label: str | None = None,
               key: str | None = None) -> LoadedModel:
-        return self.manager.table.route(version=version, label=label, key=key)
+        table = self.manager.table
+        if not table.models and self.manager.loading:
+            raise Unavailable("the deployed versions are still loading; try again shortly")
+        return table.route(version=version, label=label, key=key)
 
     def predict(self, model: LoadedModel, rows: list[dict[str, str]],
                 key: str | None = None, keys: list[str | None] | None = None) -> list[float]:

@@ -58,10 +58,18 @@ def build_model(config: DatasetConfig, vocabulary_sizes: dict[str, int], hparams
     logit = keras.layers.Add(name="logit")([wide_logit, deep_logit])
     probability = keras.layers.Activation("sigmoid", name="probability")(logit)
     model = keras.Model(inputs, probability, name="wide_and_deep")
-    model.compile(
-        optimizer=keras.optimizers.Adam(hparams["learning_rate"]),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy"),
-                 keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
-    )
+    model.compile(**compile_options(hparams))
     return model
+
+
+def compile_options(hparams: dict) -> dict:
+    """Optimizer, loss and the eval metrics train reports (also the DP-SGD model's)."""
+    import keras
+
+    return {
+        "optimizer": keras.optimizers.Adam(hparams["learning_rate"]),
+        "loss": "binary_crossentropy",
+        "metrics": [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy"),
+                    keras.metrics.Precision(name="precision"),
+                    keras.metrics.Recall(name="recall")],
+    }

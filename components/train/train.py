@@ -88,25 +88,86 @@ def train_split_part(examples: str, config: DatasetConfig, part: str, batch_size
             .unbatch().batch(batch_size))
 
 
-def _datasets(examples: str, config: DatasetConfig, preprocessing, hparams: dict, cache_dir: str):
-    """The fit part of the train split and the eval split, preprocessed. Preprocessing runs
-    once (first epoch) and is cached to disk, not redone every epoch."""
+def _transformed(dataset, preprocessing, cache_path: str, shuffle_seed: int | None = None):
+    """Batches preprocessed once (first epoch) and cached to disk, not redone every epoch."""
     import tensorflow as tf
 
+    dataset = dataset.map(lambda x, y: (preprocessing(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.cache(cache_path)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(256, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _eval_dataset(examples: str, config: DatasetConfig, preprocessing, hparams: dict,
+                  cache_dir: str):
     from components.common.artifacts.examples import raw_dataset
 
-    def transformed(dataset, name: str, shuffle: bool):
-        dataset = dataset.map(lambda x, y: (preprocessing(x), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.cache(os.path.join(cache_dir, name))
-        if shuffle:
-            dataset = dataset.shuffle(256, seed=hparams["seed"], reshuffle_each_iteration=True)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+    evaluation = raw_dataset(examples, "eval", config, hparams["batch_size"])
+    return _transformed(evaluation, preprocessing, os.path.join(cache_dir, "eval"))
 
+
+def _datasets(examples: str, config: DatasetConfig, preprocessing, hparams: dict, cache_dir: str):
+    """The fit part of the train split (shuffled fixed-size batches) and the eval split,
+    preprocessed."""
     fit = train_split_part(examples, config, "fit", hparams["batch_size"],
                            shuffle_buffer=SHUFFLE_BUFFER, seed=hparams["seed"])
-    evaluation = raw_dataset(examples, "eval", config, hparams["batch_size"])
-    return transformed(fit, "fit", True), transformed(evaluation, "eval", False)
+    return (_transformed(fit, preprocessing, os.path.join(cache_dir, "fit"), hparams["seed"]),
+            _eval_dataset(examples, config, preprocessing, hparams, cache_dir))
+
+
+def fit_arrays(examples: str, config: DatasetConfig, preprocessing):
+    """The fit rows, preprocessed, in memory: ({feature: numpy array}, labels). DP-SGD samples
+    each batch from all of them (Poisson sampling), which a stream cannot do. Ids are stored
+    as int32 when they fit (half the memory; batches are int64 again)."""
+    import numpy as np
+
+    parts: dict[str, list] = {}
+    labels = []
+    for features, y in train_split_part(examples, config, "fit", 1024):
+        for name, values in preprocessing(features).items():
+            parts.setdefault(name, []).append(values.numpy())
+        labels.append(y.numpy())
+    arrays = {}
+    for name, chunks in parts.items():
+        values = np.concatenate(chunks)
+        if values.size == 0 or (values.min() >= 0 and values.max() < 2**31):
+            values = values.astype(np.int32)
+        arrays[name] = values
+    return arrays, (np.concatenate(labels) if labels else np.zeros(0, np.int64))
+
+
+def _fit(model, config: DatasetConfig, hparams: dict, examples: str, preprocessing,
+         cache_dir: str, weights: dict, planned: dict | None, callbacks: list):
+    """Train `model` (in place): Keras' own step with class weights, or DP-SGD (privacy.py)
+    when `planned`. Returns (Keras history, eval metrics)."""
+    if planned is None:
+        train_ds, eval_ds = _datasets(examples, config, preprocessing, hparams, cache_dir)
+        history = model.fit(train_ds, validation_data=eval_ds, epochs=hparams["epochs"],
+                            class_weight=weights, verbose=0, callbacks=callbacks)
+        return history, model.evaluate(eval_ds, verbose=0, return_dict=True)
+
+    from components.train import privacy
+    from components.train.model import compile_options
+
+    features, labels = fit_arrays(examples, config, preprocessing)
+    if labels.shape[0] != planned["rows"]:
+        raise StepError(f"{examples}: the train split has {labels.shape[0]} fit rows, its "
+                        f"metadata says {planned['rows']}; run ingest again")
+    eval_ds = _eval_dataset(examples, config, preprocessing, hparams, cache_dir)
+    trainer = privacy.dp_sgd_model(model, planned, weights)
+    trainer.compile(**compile_options(hparams))
+    log.info("dp-sgd: %d fit rows in memory, Poisson sampling rate %.4g (expected batch %.1f), "
+             "%d steps per epoch, noise multiplier %g, clip %g; planned epsilon %.3g at delta "
+             "%.3g", planned["rows"], planned["sampling_rate"], planned["expected_batch_size"],
+             planned["steps_per_epoch"], planned["noise_multiplier"], planned["l2_clip"],
+             planned["planned_epsilon"], planned["target_delta"])
+    batches = privacy.poisson_batches(features, labels, planned["sampling_rate"],
+                                      hparams["seed"])
+    history = trainer.fit(batches, steps_per_epoch=planned["steps_per_epoch"],
+                          validation_data=eval_ds, epochs=hparams["epochs"], verbose=0,
+                          callbacks=callbacks)
+    return history, trainer.evaluate(eval_ds, verbose=0, return_dict=True)
 
 
 def holdout_label_counts(examples: str, config: DatasetConfig) -> dict[str, int]:
@@ -274,24 +335,23 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
                   for k in ("positive", "negative")}
     fit_rows = fit_counts["positive"] + fit_counts["negative"]
     weights = class_weights(fit_counts)
+    from components.train import privacy
+
+    planned = privacy.plan(hparams, fit_rows)  # refuses a too large epsilon before training
     with staged_output(output, last=model_artifact.TRAINING_FILE) as staging:
         cache_dir = tempfile.mkdtemp(prefix="train-cache-")
         try:
-            train_ds, eval_ds = _datasets(examples, config, preprocessing, hparams, cache_dir)
             model = build_model(config, transform_info["vocabulary_sizes"], hparams)
-            history = model.fit(
-                train_ds, validation_data=eval_ds, epochs=hparams["epochs"],
-                class_weight=weights, verbose=0,
-                callbacks=[
-                    _EpochLog(fit_rows),
-                    keras.callbacks.EarlyStopping(
-                        monitor="val_auc", mode="max", restore_best_weights=True,
-                        patience=hparams["early_stopping_patience"]),
-                    keras.callbacks.TensorBoard(
-                        log_dir=os.path.join(staging, model_artifact.LOGS_DIR)),
-                ],
-            )
-            evaluated = model.evaluate(eval_ds, verbose=0, return_dict=True)
+            history, evaluated = _fit(model, config, hparams, examples, preprocessing,
+                                      cache_dir, weights, planned, callbacks=[
+                                          _EpochLog(fit_rows),
+                                          keras.callbacks.EarlyStopping(
+                                              monitor="val_auc", mode="max",
+                                              restore_best_weights=True,
+                                              patience=hparams["early_stopping_patience"]),
+                                          keras.callbacks.TensorBoard(log_dir=os.path.join(
+                                              staging, model_artifact.LOGS_DIR)),
+                                      ])
         finally:
             shutil.rmtree(cache_dir, ignore_errors=True)
         metrics = {k: float(v) for k, v in evaluated.items()}
@@ -312,7 +372,9 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
                         model_artifact.RAW_OUTPUT: "the network's score before calibration"},
         })
         seconds = time.monotonic() - started
-        epochs_run = len(history.history["loss"])
+        epochs_run = len(history.epoch)
+        privacy_record = (privacy.spent(planned, epochs_run) if planned
+                          else {"mechanism": "none"})
         info = {
             "model_id": model_artifact.model_id_of(model_path),
             "signature_hash": model_artifact.signature_hash_of(signatures),
@@ -330,6 +392,7 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
                             "parameters": calibrated["parameters"],
                             "holdout": calibrated["holdout"]},
             "decision_threshold": threshold,
+            model_artifact.PRIVACY_FIELD: privacy_record,
             "architecture": "wide_and_deep",
             # which TensorFlow exported the SavedModel: what a server must be able to load
             "tensorflow_version": tf_version(),
@@ -344,4 +407,8 @@ def _train(examples: str, transform_dir: str, output: str, config: DatasetConfig
              info["dataset_version"], epochs_run, seconds, metrics.get("auc", float("nan")),
              info["calibration"]["method"], info["rows"]["calibration"], threshold["value"],
              threshold["policy"])
+    if planned:
+        log.info("dp-sgd: epsilon %.3g at delta %.3g after %d steps (%d epochs)",
+                 privacy_record["epsilon"], privacy_record["target_delta"],
+                 privacy_record["steps"], epochs_run)
     return info

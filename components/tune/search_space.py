@@ -19,13 +19,14 @@ import math
 from dataclasses import dataclass
 
 from components.common.errors import StepError
-from components.common.hparams import DEFAULTS, parse_hparams
+from components.common.hparams import DEFAULTS, kind_of, parse_hparams
 
 TYPES = ("double", "int", "categorical", "discrete")
 DISTRIBUTIONS = ("uniform", "logUniform")
 SPACE_KEYS = ("min", "max", "step", "list", "distribution")
 # Which parameter types fit each hyperparameter (by the type of its default).
-FITTING = {float: ("double", "discrete"), int: ("int", "discrete"), list: ("categorical",)}
+FITTING = {float: ("double", "discrete"), int: ("int", "discrete"), list: ("categorical",),
+           str: ("categorical",)}
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ class Parameter:
 
     def value(self, raw):
         """A trial's value for this parameter as `train --hparams` takes it."""
-        if self.type == "int" or (self.type == "discrete" and isinstance(DEFAULTS[self.name],
-                                                                          int)):
+        if self.type == "int" or (self.type == "discrete" and kind_of(self.name) is int):
             return int(float(raw))
         if self.type in ("double", "discrete"):
             return float(raw)
@@ -112,7 +112,7 @@ def parse(raw, source: str) -> list[Parameter]:
 def _parameter(name: str, kind, space, where: str) -> Parameter:
     if kind not in TYPES:
         raise StepError(f"{where}: parameterType {kind!r}; expected one of {', '.join(TYPES)}")
-    fitting = FITTING[type(DEFAULTS[name])]
+    fitting = FITTING[kind_of(name)]
     if kind not in fitting:
         raise StepError(f"{where}: parameterType {kind} does not fit this hyperparameter "
                         f"(use {' or '.join(fitting)})")

@@ -9,6 +9,7 @@ Jensen-Shannon divergence for numeric ones). Thresholds come from the dataset co
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import logging
 import os
 import tempfile
@@ -100,12 +101,22 @@ def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, sc
         split_dir = os.path.join(output_dir, split)
         os.makedirs(split_dir, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
-            stats[split] = tfdv.generate_statistics_from_tfrecord(
-                split_pattern(examples, split),
-                output_path=os.path.join(scratch, "stats.tfrecord"),
-                stats_options=options,
-                pipeline_options=pipeline_options,
-            )
+            try:
+                stats[split] = tfdv.generate_statistics_from_tfrecord(
+                    split_pattern(examples, split),
+                    output_path=os.path.join(scratch, "stats.tfrecord"),
+                    stats_options=options,
+                    pipeline_options=pipeline_options,
+                )
+            except Exception as exc:
+                # Beam's message for a damaged file ends in a hex dump of the record; find
+                # the file and say what is wrong with it instead.
+                for path in sorted(glob.glob(split_pattern(examples, split))):
+                    reason = damaged_tfrecord(path)
+                    if reason:
+                        raise StepError(f"{path}: {reason}; the examples are damaged (an "
+                                        "interrupted copy?): run ingest again") from exc
+                raise
         # TFX's layout: a binary DatasetFeatureStatisticsList (tfdv.load_stats_binary reads it).
         with open(os.path.join(split_dir, STATS_FILE), "wb") as handle:
             handle.write(stats[split].SerializeToString())
@@ -113,6 +124,45 @@ def compute_statistics(examples: str, output_dir: str, config: DatasetConfig, sc
         log.info("statistics of %s/%s: %d rows in %.1f s (%.0f rows/s)", examples, split,
                  metadata["rows"][split], seconds, metadata["rows"][split] / max(seconds, 1e-9))
     return stats
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def damaged_tfrecord(path: str) -> str | None:
+    """What makes a gzip TFRecord file unreadable (None when it reads through): a gzip stream
+    that ends early or is corrupt, a record cut off, a checksum that does not match."""
+    import gzip
+    import struct
+    import zlib
+
+    records = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while header := handle.read(12):
+                where = f"record {records + 1} (after {records} whole records)"
+                if len(header) < 12:
+                    return f"truncated: {where} is cut off in its header"
+                (length,) = struct.unpack("<Q", header[:8])
+                if _masked_crc32c(header[:8]) != struct.unpack("<I", header[8:])[0]:
+                    return f"corrupt: {where} has a length whose checksum does not match"
+                data = handle.read(length + 4)
+                if len(data) < length + 4:
+                    return (f"truncated: {where} is cut off ({len(data)} of its {length + 4} "
+                            "bytes)")
+                if _masked_crc32c(data[:length]) != struct.unpack("<I", data[length:])[0]:
+                    return f"corrupt: {where} does not match its checksum"
+                records += 1
+    except EOFError:
+        return (f"truncated: the gzip stream ends early, after {records} whole records (the "
+                "file was cut off)")
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        return f"not readable as gzip after {records} whole records ({exc})"
+    return None
 
 
 def infer_schema(train_stats, config: DatasetConfig):

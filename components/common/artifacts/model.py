@@ -6,7 +6,13 @@
     <dir>/metrics.json    eval metrics at the end of training
     <dir>/logs/           TensorBoard
     <dir>/training.json   written last: the lineage (model_id, signature_hash, dataset_version,
-                          preprocessing_hash, hparams, metrics, code_version, ...)
+                          preprocessing_hash, hparams, metrics, code_version, `privacy`, ...)
+
+`privacy` says how the network was trained: `{"mechanism": "none"}`, or for DP-SGD
+(components/train/privacy.py) `{"mechanism": "dp-sgd", "epsilon", "target_delta",
+"noise_multiplier", "l2_clip", "sampling": "poisson", "sampling_rate", "steps", ...}`:
+`privacy_of` reads it for evaluate, push and the model card; `DP_SCALARS` are the figures a
+KFP Metrics artifact shows.
 
 Also the model's identity (`model_id_of`, `signature_hash_of`: THE definitions, which train,
 evaluate, push, the registry and deploy all use) and its serving contract: two signatures,
@@ -45,6 +51,10 @@ METADATA_FILE = "assets.extra/model_metadata.json"
 # The threshold of a model without metadata (trained before thresholds were chosen).
 DEFAULT_DECISION_THRESHOLD = 0.5
 REQUIRED_LINEAGE = ("model_id", "signature_hash")
+PRIVACY_FIELD = "privacy"
+# KFP Metrics name -> the privacy record's field, for a model trained with DP.
+DP_SCALARS = {"dp_epsilon": "epsilon", "dp_delta": "target_delta",
+              "dp_noise_multiplier": "noise_multiplier", "dp_l2_clip": "l2_clip"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +105,26 @@ def _training_if_any(train_output: str) -> dict | None:
     if not os.path.isfile(os.path.join(train_output, TRAINING_FILE)):
         return None
     return documents.read_json(os.path.join(train_output, TRAINING_FILE), TRAINING_FILE, "train")
+
+
+def privacy_of(training: dict | None) -> dict | None:
+    """The DP record of a training.json (or of any lineage carrying its `privacy` field) when
+    the model was trained with differential privacy; None otherwise (also for older models)."""
+    record = (training or {}).get(PRIVACY_FIELD)
+    if not isinstance(record, dict) or record.get("mechanism") in (None, "none"):
+        return None
+    epsilon = record.get("epsilon")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        raise StepError(f"{TRAINING_FILE}: {PRIVACY_FIELD}.epsilon must be a number for a "
+                        f"model trained with {record.get('mechanism')}, got {epsilon!r}")
+    return record
+
+
+def dp_scalars(training: dict | None) -> dict[str, float]:
+    """{"dp_epsilon": ..., "dp_delta": ..., ...} of a DP model (finite numbers only); {} else."""
+    record = privacy_of(training) or {}
+    return {name: float(record[key]) for name, key in DP_SCALARS.items()
+            if isinstance(record.get(key), int | float) and math.isfinite(record[key])}
 
 
 def write_model_metadata(saved_model: str, metadata: dict) -> None:

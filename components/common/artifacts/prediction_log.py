@@ -8,6 +8,18 @@
 
 `key` is the request's routing key (REST header `X-Request-Key`, else the first instance's
 `id`/`complaint_id`), present when the request had one: the feedback step joins labels on it.
+
+Personal fields (the dataset config's `privacy.personal_fields`) are never in `inputs`. With
+`privacy.mode: hash` and a key they are in `hashed`, as `keyed_hash` gives them
+(`"hmac-sha256:<64 hex digits>"`, HMAC-SHA256 under the key in PREDICTION_LOG_KEY: equal values
+give equal hashes, and without the key a value cannot be tried against them); otherwise they
+are dropped. `redacted` lists the fields of the example kept out of `inputs` either way:
+
+    {..., "inputs": {"product": "Mortgage", ...}, "hashed": {"narrative": "hmac-sha256:9a1f..."},
+     "redacted": ["narrative", "zip_code"], ...}
+
+Readers see a redacted field as missing from `Prediction.inputs` (so feedback writes it blank
+into new rows and leaves it out of drift), its hash in `Prediction.hashed`.
 Two writers produce exactly this format: the model server (`components/serve/prediction_log.py`,
 one part file per flush) and, on a cluster, the log receiver that turns KServe's payload-logger
 CloudEvents into the same lines (`components/serve/log_receiver.py`). This module is the reader:
@@ -17,18 +29,31 @@ records stream part file by part file (a part is small: one flush), never the wh
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from components.common import storage
 from components.common.errors import StepError
 
 PREDICTIONS_DIR = "predictions"
+KEY_ENV = "PREDICTION_LOG_KEY"  # the key of the keyed hash (a Secret on a cluster)
+HASH_PREFIX = "hmac-sha256:"
 PART_SUFFIX = ".jsonl"
 DATE_DIR = re.compile(r"/(\d{4}-\d{2}-\d{2})/[^/]+$")
 MAX_SHOWN_BAD_LINES = 5
+
+
+def keyed_hash(key: bytes, value) -> str:
+    """THE hash of a personal field's value in the log: HMAC-SHA256 under `key` of the value's
+    text (a string as it is, anything else as compact JSON)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True,
+                                                          separators=(",", ":"))
+    digest = hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    return HASH_PREFIX + digest
 
 
 def predictions_uri(log_store: str, model_name: str) -> str:
@@ -45,6 +70,8 @@ class Prediction:
     probability: float
     key: str | None
     decision: int | None  # the answer's decision when the server gave one (else None)
+    hashed: dict = field(default_factory=dict)  # personal field -> keyed hash
+    redacted: tuple[str, ...] = ()  # personal fields kept out of `inputs`
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -72,11 +99,16 @@ def parse_line(line: str | bytes) -> Prediction:
             raise ValueError("inputs is not an object")
         decision = outputs.get("decision")
         key = entry.get("key")
+        hashed = entry.get("hashed") or {}
+        redacted = entry.get("redacted") or []
+        if not isinstance(hashed, dict) or not isinstance(redacted, list):
+            raise ValueError("hashed is not an object or redacted not a list")
         return Prediction(
             request_id=str(entry["request_id"]), time=parse_time(entry["time"]),
             model_version=int(version), inputs=inputs, probability=probability,
             key=str(key) if key not in (None, "") else None,
             decision=None if decision is None else int(bool(decision)),
+            hashed=hashed, redacted=tuple(str(name) for name in redacted),
         )
     except KeyError as exc:
         raise ValueError(f"no {exc.args[0]!r}") from None
