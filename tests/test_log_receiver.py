@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import threading
+import time
 
 import pytest
 
@@ -163,3 +165,51 @@ def test_its_own_http_server(tmp_path):
     reader = LogReader(predictions_uri(str(tmp_path / "logs"), MODEL))
     (record,) = list(reader.records())
     assert (record.model_version, record.key, record.probability) == (4, "9", 0.6)
+
+
+def _until_closed(sock) -> str:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.parametrize("length, status", [("-1", 400), ("+5", 400), ("5, 6", 400),
+                                            (str(1024 + 1), 413)])
+def test_its_own_server_refuses_a_bad_length_before_reading_the_body(tmp_path, length, status):
+    """A negative, signed, conflicting or too large Content-Length is answered at once (the
+    body, here 3 MB, is never read to the end of the stream) and the connection closed."""
+    log = PredictionLog(str(tmp_path / "logs"), MODEL, flush_seconds=60)
+    server = make_server(LogReceiver(log), "127.0.0.1", 0, max_request_bytes=1024)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+            s.sendall(f"POST /v1/log HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                      "\r\n".encode())
+            s.sendall(b"x" * 4096)  # the start of a body that would go on for 3 MB
+            answer = _until_closed(s)
+        assert answer.startswith(f"HTTP/1.1 {status} "), answer
+        assert '"error": ' in answer and ("Content-Length" in answer or "limit" in answer)
+    finally:
+        server.shutdown()
+        log.close()
+    assert not (tmp_path / "logs" / MODEL / "predictions").exists()  # nothing was logged
+
+
+def test_its_own_server_drops_a_stalled_client(tmp_path):
+    """A client that stops mid-body is answered 408 after the timeout, not waited for."""
+    log = PredictionLog(str(tmp_path / "logs"), MODEL, flush_seconds=60)
+    server = make_server(LogReceiver(log), "127.0.0.1", 0, timeout=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+            s.sendall(b"POST /v1/log HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            started = time.monotonic()
+            answer = _until_closed(s)
+            waited = time.monotonic() - started
+        assert answer.startswith("HTTP/1.1 408 "), answer
+        assert waited < 5
+    finally:
+        server.shutdown()
+        log.close()

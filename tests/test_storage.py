@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -148,3 +149,56 @@ def test_an_unreachable_endpoint_is_one_line_naming_uri_and_endpoint(unreachable
     assert str(info.value) == (
         f"{uri}: S3 endpoint {unreachable} did not answer (Connection refused; "
         f"{storage.RETRIES} retries); check S3_ENDPOINT_URL and that the object store is up")
+
+
+@pytest.fixture
+def silent(s3_env, monkeypatch):
+    """An endpoint that accepts connections and never answers (S3_READ_TIMEOUT_SECONDS 0.3)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])  # held open, never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("S3_READ_TIMEOUT_SECONDS", "0.3")
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_SECONDS", 0.01)
+    storage._client.cache_clear()
+    yield endpoint, accepted
+    storage._client.cache_clear()
+    listener.close()
+    for sock in accepted:
+        sock.close()
+
+
+def test_an_endpoint_that_never_answers_fails_after_a_few_read_timeouts(silent):
+    """It does not hang, and silence is tried 1 + READ_RETRIES times, not 1 + RETRIES."""
+    endpoint, accepted = silent
+    started = time.monotonic()
+    with pytest.raises(StepError) as info:
+        storage.read_bytes("s3://bucket/some/key.csv")
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"s3://bucket/some/key.csv: S3 endpoint {endpoint} did not answer "
+                              f"(timed out; {storage.READ_RETRIES} retries)")
+    assert len(accepted) == 1 + storage.READ_RETRIES
+
+
+def test_a_bad_read_timeout_setting_is_one_line(s3_env, monkeypatch):
+    monkeypatch.setenv("S3_READ_TIMEOUT_SECONDS", "soon")
+    storage._client.cache_clear()
+    try:
+        with pytest.raises(StepError, match=r"S3_READ_TIMEOUT_SECONDS='soon': expected a "
+                                            "positive number of seconds"):
+            storage.read_bytes("s3://bucket/some/key.csv")
+    finally:
+        storage._client.cache_clear()

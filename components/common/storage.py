@@ -50,6 +50,26 @@ def split_s3(uri: str) -> tuple[str, str]:
 RETRIES = 5
 RETRY_BACKOFF_SECONDS = 0.5
 RETRY_STATUS = (429, 500, 502, 503, 504)
+# An endpoint that accepts the connection and then says nothing: each try waits READ_TIMEOUT
+# seconds for an answer and such a silence is tried READ_RETRIES more times, so the step fails
+# in about (1 + READ_RETRIES) x READ_TIMEOUT (1.5 min), not after every retry's full wait
+# (6 min). S3_READ_TIMEOUT_SECONDS raises the wait for a slow store.
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 30.0
+READ_RETRIES = 2
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise StepError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,11 +81,13 @@ def _client(endpoint_url: str, access_key: str | None, secret_key: str | None, r
     parsed = urlparse(endpoint_url if "://" in endpoint_url else f"http://{endpoint_url}")
     http = urllib3.PoolManager(
         # an endpoint that accepts the connection and never answers fails, it does not hang
-        timeout=urllib3.Timeout(connect=10, read=60),
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=_seconds_from_env(
+            "S3_READ_TIMEOUT_SECONDS", READ_TIMEOUT_SECONDS)),
         maxsize=10,
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        retries=urllib3.Retry(total=RETRIES, backoff_factor=RETRY_BACKOFF_SECONDS,
+        retries=urllib3.Retry(total=RETRIES, read=READ_RETRIES,
+                              backoff_factor=RETRY_BACKOFF_SECONDS,
                               status_forcelist=RETRY_STATUS, raise_on_status=False),
     )
     return Minio(
@@ -125,8 +147,12 @@ def _s3_call(uri: str) -> Iterator[None]:
     try:
         yield
     except urllib3.exceptions.HTTPError as exc:
+        reason = _short_reason(exc)
+        last = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the last failure
+        retries = (READ_RETRIES if isinstance(last, urllib3.exceptions.ReadTimeoutError)
+                   else RETRIES)
         raise StepError(f"{uri}: S3 endpoint {_endpoint()} did not answer "
-                        f"({_short_reason(exc)}; {RETRIES} retries); check S3_ENDPOINT_URL "
+                        f"({reason}; {retries} retries); check S3_ENDPOINT_URL "
                         "and that the object store is up") from exc
     except ServerError as exc:
         raise StepError(f"{uri}: S3 endpoint {_endpoint()} failed with HTTP "

@@ -38,8 +38,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from components.serve.framing import HttpError, declared_length
 from components.serve.prediction_log import PredictionLog, Redaction
-from components.serve.service import KEY_FIELDS
+from components.serve.service import KEY_FIELDS, MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +242,20 @@ class LogReceiver:
 # ---------------------------------------------------------------------------------------------
 # Its own process (for KServe, where components.serve is not the model server).
 
-def make_server(receiver: LogReceiver, host: str, port: int):
+def make_server(receiver: LogReceiver, host: str, port: int,
+                max_request_bytes: int = MAX_REQUEST_BYTES, timeout: float = 30.0):
+    """A threading HTTP server for `receiver`. An event's body may be at most
+    `max_request_bytes` (the model server's own request limit: a logged request is one it
+    took); a client silent for `timeout` seconds is disconnected, so stalled connections do
+    not hold threads for ever."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            self.timeout = timeout  # the socket's: each read waits at most this long
+            super().setup()
 
         def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
             log.debug("%s %s", self.address_string(), format % args)
@@ -268,8 +278,26 @@ def make_server(receiver: LogReceiver, host: str, port: int):
 
         def do_POST(self):  # noqa: N802 - the stdlib's name
             path, _, query = self.path.partition("?")
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
+            try:
+                if self.headers.get("Transfer-Encoding"):
+                    raise HttpError(411, "Transfer-Encoding is not supported: send the body "
+                                         "with a Content-Length")
+                # Checked before a byte of the body is read: a negative or huge length is
+                # refused, never read to the end of the stream.
+                length = declared_length(self.headers.get_all("Content-Length") or [],
+                                         max_request_bytes) or 0
+            except HttpError as exc:
+                self.close_connection = True  # the unread body must not be taken as a request
+                return self._send(exc.status, {"error": str(exc)})
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                self.close_connection = True
+                return self._send(408, {"error": f"request body not received within "
+                                                 f"{timeout:g} s"})
+            if len(body) < length:  # the client went away mid-body
+                self.close_connection = True
+                return None
             if path != PATH:
                 return self._send(404, {"error": f"no such endpoint: POST {path} (use {PATH})"})
             status, answer = receiver.receive(dict(self.headers.items()), body, query)
@@ -284,7 +312,7 @@ def main(argv=None) -> int:
     import signal
     import sys
 
-    from components.common.cli import StepArgumentParser, add_dataset_config
+    from components.common.cli import StepArgumentParser, add_dataset_config, positive_int
 
     parser = StepArgumentParser("serve", prog="python -m components.serve.log_receiver",
                                 description="Receive KServe payload-logger CloudEvents at "
@@ -294,6 +322,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", required=True, help="the model's name")
     parser.add_argument("--host", default="127.0.0.1", help="address (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--max-request-bytes", type=positive_int, default=MAX_REQUEST_BYTES,
+                        help="largest event body accepted (413 above; default "
+                             f"{MAX_REQUEST_BYTES}, the model server's request limit)")
     add_dataset_config(parser)  # its privacy section: what the prediction log keeps
     args = parser.parse_args(argv)
     from components.common.dataset_config import load_dataset_config
@@ -301,7 +332,7 @@ def main(argv=None) -> int:
     redaction = Redaction.from_config(load_dataset_config(args.dataset_config))
     prediction_log = PredictionLog(args.log_store, args.model_name, redaction=redaction)
     receiver = LogReceiver(prediction_log)
-    server = make_server(receiver, args.host, args.port)
+    server = make_server(receiver, args.host, args.port, args.max_request_bytes)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     print(f"log receiver: http://{args.host}:{server.server_address[1]}{PATH}", flush=True)

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler
 
 from components.common.errors import StepError
 from components.serve import log_receiver
+from components.serve.framing import HttpError, frame
 from components.serve.models import BadRequest, LoadedModel, ModelManager, NotFound, Unavailable
 from components.serve.prediction_log import PredictionLog, Redaction
 from components.serve.service import (
@@ -59,59 +60,11 @@ class RestLimits:
         return max(8 * self.max_request_bytes, 64 << 20)
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 # ---------------------------------------------------------------------------------------------
-# Request framing: how many bytes a request is, decided once, before its body is read.
+# The connection loop.
 
 HEAD_END = re.compile(rb"\n\r?\n")
 LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long before close
-
-
-def declared_length(values: list[str], limit: int) -> int | None:
-    """The body length a request's Content-Length header(s) declare (None: no header).
-
-    HttpError 400 for anything but a non-negative decimal integer (`-1`, `+5`, `5.0`, `0x10`,
-    non-ASCII digits) or for conflicting values; 413 above `limit`.
-    """
-    if not values:
-        return None
-    found = set()
-    for value in values:
-        for part in value.split(","):  # a proxy may join repeated headers with commas
-            text = part.strip(" \t")
-            if not (text.isascii() and text.isdigit()):
-                raise HttpError(400, f"bad Content-Length {value[:40]!r}: expected a "
-                                     "non-negative integer")
-            found.add(text.lstrip("0") or "0")
-    if len(found) > 1:
-        raise HttpError(400, f"conflicting Content-Length values {sorted(found)[:4]}")
-    (text,) = found
-    if len(text) > 18 or int(text) > limit:
-        raise HttpError(413, f"request body of {text[:40]} bytes is larger than the limit of "
-                             f"{limit} bytes")
-    return int(text)
-
-
-def frame(head: bytes, limit: int) -> int | None:
-    """The body length of a request whose head (request line + headers) is `head`."""
-    lengths = []
-    for line in head.decode("iso-8859-1").split("\n")[1:]:
-        name, colon, value = line.partition(":")
-        key = name.strip().lower()
-        if not colon or key not in ("content-length", "transfer-encoding"):
-            continue
-        if name != name.strip():
-            raise HttpError(400, f"malformed header {name.strip()!r} (whitespace before ':')")
-        if key == "transfer-encoding":
-            raise HttpError(411, "Transfer-Encoding is not supported: send the body with a "
-                                 "Content-Length")
-        lengths.append(value.strip(" \t\r"))
-    return declared_length(lengths, limit)
 
 
 class _Connection:
