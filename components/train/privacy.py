@@ -161,21 +161,25 @@ def spent(planned: dict, epochs_run: int) -> dict:
 # Training (TensorFlow).
 
 def poisson_batches(features: dict, labels, rate: float, seed: int):
-    """An endless tf.data.Dataset of Poisson-sampled batches of the in-memory fit rows: each
-    batch takes every row independently with probability `rate` (seeded numpy generator)."""
+    """An endless tf.data.Dataset of Poisson-sampled batches of the fit rows (arrays, in
+    memory or memory-mapped): each batch takes every row independently with probability
+    `rate` (seeded numpy generator). Integer features come as int64, the others as float32."""
     import numpy as np
     import tensorflow as tf
 
     rows = int(labels.shape[0])
     rng = np.random.default_rng(seed)
+    dtypes = {name: (np.int64 if values.dtype.kind in "iu" else np.float32)
+              for name, values in features.items()}
 
     def sample():
         while True:
             chosen = np.flatnonzero(rng.random(rows) < rate)
-            yield ({name: values[chosen].astype(np.int64) for name, values in features.items()},
-                   labels[chosen].astype(np.int64))
+            yield ({name: values[chosen].astype(dtypes[name])
+                    for name, values in features.items()},
+                   np.asarray(labels[chosen], dtype=np.int64))
 
-    signature = ({name: tf.TensorSpec((None, *values.shape[1:]), tf.int64)
+    signature = ({name: tf.TensorSpec((None, *values.shape[1:]), tf.as_dtype(dtypes[name]))
                   for name, values in features.items()},
                  tf.TensorSpec((None,), tf.int64))
     return tf.data.Dataset.from_generator(sample, output_signature=signature).prefetch(2)

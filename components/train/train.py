@@ -116,25 +116,36 @@ def _datasets(examples: str, config: DatasetConfig, preprocessing, hparams: dict
             _eval_dataset(examples, config, preprocessing, hparams, cache_dir))
 
 
-def fit_arrays(examples: str, config: DatasetConfig, preprocessing):
-    """The fit rows, preprocessed, in memory: ({feature: numpy array}, labels). DP-SGD samples
-    each batch from all of them (Poisson sampling), which a stream cannot do. Ids are stored
-    as int32 when they fit (half the memory; batches are int64 again)."""
+def fit_arrays(examples: str, config: DatasetConfig, preprocessing, rows: int, directory: str):
+    """The fit rows, preprocessed: ({feature: array}, labels), each a numpy memmap of `rows`
+    rows in `directory`. DP-SGD samples each batch from all of them (Poisson sampling), which
+    a stream cannot do; on disk, memory stays bounded by the pages a batch touches, however
+    many rows there are. StepError when the split does not hold `rows` fit rows."""
     import numpy as np
 
-    parts: dict[str, list] = {}
-    labels = []
+    arrays: dict = {}
+    labels = np.lib.format.open_memmap(os.path.join(directory, "labels.npy"), mode="w+",
+                                       dtype=np.int64, shape=(rows,))
+    filled = 0
     for features, y in train_split_part(examples, config, "fit", 1024):
+        count = int(y.shape[0])
+        if filled + count > rows:
+            filled += count
+            break
         for name, values in preprocessing(features).items():
-            parts.setdefault(name, []).append(values.numpy())
-        labels.append(y.numpy())
-    arrays = {}
-    for name, chunks in parts.items():
-        values = np.concatenate(chunks)
-        if values.size == 0 or (values.min() >= 0 and values.max() < 2**31):
-            values = values.astype(np.int32)
-        arrays[name] = values
-    return arrays, (np.concatenate(labels) if labels else np.zeros(0, np.int64))
+            values = values.numpy()
+            if name not in arrays:  # ids are vocabulary indices: int32 holds them
+                dtype = np.int32 if values.dtype.kind in "iu" else values.dtype
+                arrays[name] = np.lib.format.open_memmap(
+                    os.path.join(directory, f"{len(arrays)}.npy"), mode="w+", dtype=dtype,
+                    shape=(rows, *values.shape[1:]))
+            arrays[name][filled:filled + count] = values
+        labels[filled:filled + count] = y.numpy()
+        filled += count
+    if filled != rows:
+        raise StepError(f"{examples}: the train split has {'more than ' if filled > rows else ''}"
+                        f"{filled} fit rows, its metadata says {rows}; run ingest again")
+    return arrays, labels
 
 
 def _fit(model, config: DatasetConfig, hparams: dict, examples: str, preprocessing,
@@ -150,14 +161,12 @@ def _fit(model, config: DatasetConfig, hparams: dict, examples: str, preprocessi
     from components.train import privacy
     from components.train.model import compile_options
 
-    features, labels = fit_arrays(examples, config, preprocessing)
-    if labels.shape[0] != planned["rows"]:
-        raise StepError(f"{examples}: the train split has {labels.shape[0]} fit rows, its "
-                        f"metadata says {planned['rows']}; run ingest again")
+    features, labels = fit_arrays(examples, config, preprocessing, planned["rows"],
+                                  tempfile.mkdtemp(prefix="fit-rows-", dir=cache_dir))
     eval_ds = _eval_dataset(examples, config, preprocessing, hparams, cache_dir)
     trainer = privacy.dp_sgd_model(model, planned, weights)
     trainer.compile(**compile_options(hparams))
-    log.info("dp-sgd: %d fit rows in memory, Poisson sampling rate %.4g (expected batch %.1f), "
+    log.info("dp-sgd: %d fit rows memory-mapped, Poisson sampling rate %.4g (expected batch %.1f), "
              "%d steps per epoch, noise multiplier %g, clip %g; planned epsilon %.3g at delta "
              "%.3g", planned["rows"], planned["sampling_rate"], planned["expected_batch_size"],
              planned["steps_per_epoch"], planned["noise_multiplier"], planned["l2_clip"],
