@@ -82,7 +82,7 @@ lint: $(VENV)/.synced  ## ruff, hadolint (Dockerfiles), workflow schema (.github
 
 compile: $(VENV_SDK)/.synced  ## compile the pipeline package to pipeline.yaml
 	$(RUN_SDK) pipeline.py --compile --output pipeline.yaml --image-registry $(REGISTRY) \
-	  --image-tag $(TAG)
+	  --image-tag $(TAG) $(COMPILE_ARGS)
 
 $(SAMPLE): | $(VENV_SDK)/.synced
 	$(RUN_SDK) -m datagen --rows $(ROWS) --seed $(SEED) --out $@

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--compile: CPU/memory per step replacing the defaults, e.g. "
                              "{train: {memory_limit: 8Gi, cpu_limit: '4'}} (keys cpu_request, "
                              "cpu_limit, memory_request, memory_limit)")
+    parser.add_argument("--image-digests", action="store_true",
+                        help="--compile: record each step image's digest, read from the local "
+                             "Docker engine (the registry digest once pushed, else the image "
+                             "id), for the model card's provenance")
     parser.add_argument("--gates", choices=GATES, default="conditions",
                         help="--compile: skip push/deploy by dsl.If on blessed/pushed, shown as "
                              "skipped in the UI (conditions, default), or only inside the steps "
@@ -128,14 +132,18 @@ def main(argv=None) -> int:
             print(f"error: pipeline: {exc}", file=sys.stderr)
             return exc.exit_code
     if args.compile or remote:
+        from orchestration.images import ImageError, digests
+
         try:
             resources = _resources(args.resources)
+            image_digests = (digests(args.image_registry, args.image_tag)
+                             if args.image_digests else None)
             path = compile_pipeline(args.output, s3_endpoint_url=args.s3_endpoint_url,
                                     s3_secret=args.s3_secret or None,
                                     image_registry=args.image_registry,
                                     image_tag=args.image_tag, resources=resources,
-                                    gates=args.gates)
-        except (OSError, ValueError) as exc:  # a bad --resources file
+                                    gates=args.gates, image_digests=image_digests)
+        except (OSError, ValueError, ImageError) as exc:  # a bad --resources file, no image
             print(f"error: pipeline: {exc}", file=sys.stderr)
             return 2
         print(f"compiled {PIPELINE_NAME} to {path}")

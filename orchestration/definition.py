@@ -121,19 +121,23 @@ def build_pipeline(s3_endpoint_url: str | None = S3_ENDPOINT_URL,
                    image_registry: str = build_facts.DEFAULT_REGISTRY,
                    image_tag: str | None = None,
                    resources: dict | None = None,
-                   gates: str = "conditions"):
+                   gates: str = "conditions",
+                   image_digests: dict[str, str] | None = None):
     """The pipeline function; cluster wiring (images, S3 endpoint, Secret, resources, gates)
-    is fixed at compile time, never a run parameter."""
+    is fixed at compile time, never a run parameter. `image_digests` ({step: "sha256:..."},
+    e.g. from `orchestration.images.digests`) go to push for the model card's provenance."""
     from kfp import dsl
 
     if gates not in GATES:
         raise ValueError(f"gates {gates!r}: expected one of {', '.join(GATES)}")
     steps = load_components(image_registry, image_tag)
     sizes = resources_with(resources)
-    # For the model card's provenance: the images this package runs (their digests are not
-    # known at compile time).
-    pipeline_images = json.dumps({step: build_facts.image_name(step, image_registry, image_tag)
-                                  for step in build_facts.training_steps()}, sort_keys=True)
+    # For the model card's provenance: the images this package runs, as name@digest when the
+    # digests were resolved at compile time (a step cannot see its own image's digest).
+    pipeline_images = json.dumps({
+        step: build_facts.image_name(step, image_registry, image_tag)
+        + (f"@{image_digests[step]}" if step in (image_digests or {}) else "")
+        for step in build_facts.training_steps()}, sort_keys=True)
 
     def configured(task, step: str):
         """Storage access, resources and caching: what every task gets."""

@@ -209,9 +209,12 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
     # Resources, display names, caching: cluster settings kfp.local ignores, with a warning each.
     warnings.filterwarnings("ignore", message=r"'\.\w+\(\)' is not used by the current local")
     # kfp.local runs no conditions (ARCHITECTURE.md): push and deploy gate themselves.
+    from orchestration.images import digests
+
     training_pipeline = build_pipeline(s3_endpoint_url=None, s3_secret=None,
                                        image_registry=image_registry, image_tag=image_tag,
-                                       gates="in-step")
+                                       gates="in-step",
+                                       image_digests=digests(image_registry, image_tag))
     watcher = RunWatcher(sys.stdout)
     started = time.time()
     failed = reason = None

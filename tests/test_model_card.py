@@ -183,3 +183,20 @@ def test_a_card_that_cannot_be_written_publishes_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         push(str(tmp_path / "train"), str(evaluation), str(tmp_path / "registry"), NAME)
     assert registry.read_index(str(tmp_path / "registry"), NAME)["versions"] == []
+
+
+def test_digests_resolved_at_compile_time_are_in_the_card(tmp_path):
+    """The pipeline passes name@digest when it resolved the digests (local runs, `--compile
+    --image-digests`): the card lists them by step, in the JSON and the page."""
+    digest = "sha256:" + "ab" * 32
+    images = {"train": f"local/cfpb-pipeline-train:1.0@{digest}",
+              "push": "local/cfpb-pipeline-push:1.0"}
+    training = make_train_output(tmp_path / "train")
+    evaluation = make_evaluation(tmp_path / "eval", training["model_id"])
+    result = push(str(tmp_path / "train"), str(evaluation), str(tmp_path / "registry"), NAME,
+                  None, images)
+    card = model_card.read(result["model_card"])
+    assert card["provenance"]["pipeline_images"] == images
+    assert card["provenance"]["image_digests"] == {"train": digest}
+    assert "compiled" in card["provenance"]["image_digests_note"]
+    assert f"train: {digest}" in card_page(result).decode()

@@ -212,3 +212,27 @@ def test_no_task_retries_at_the_kfp_level(compiled):
     spec = list(yaml.safe_load_all(compiled.read_text()))[0]
     for name, (task, _conditions) in all_tasks(spec).items():
         assert "retryPolicy" not in task, name
+
+
+def test_image_digests_resolved_at_compile_time_reach_the_push_step(tmp_path):
+    """The model card's provenance: push gets every step's image as name@digest."""
+    digests = {step: "sha256:" + f"{i:02x}" * 32
+               for i, step in enumerate(build_facts.training_steps())}
+    path = definition.compile_pipeline(str(tmp_path / "p.yaml"), image_tag="1.0",
+                                       image_digests=digests)
+    spec = list(yaml.safe_load_all(open(path).read()))[0]
+    push_task, _ = all_tasks(spec)["push"]
+    images = json.loads(push_task["inputs"]["parameters"]["pipeline_images"]["runtimeValue"]
+                        ["constant"])
+    assert images == {step: build_facts.image_name(step, build_facts.DEFAULT_REGISTRY, "1.0")
+                      + "@" + digests[step] for step in build_facts.training_steps()}
+
+
+def test_image_digests_of_images_not_built_is_one_line(tmp_path, capsys):
+    pytest.importorskip("docker")
+    path = tmp_path / "p.yaml"
+    code = pipeline.main(["--compile", "--image-digests", "--image-registry",
+                          "registry.invalid/nobody", "--output", str(path)])
+    assert code == 2 and not path.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: pipeline: image digests: ")

@@ -81,6 +81,17 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     assert index["current"] == 1
     assert index["versions"][0]["dataset_version"] == summary["dataset_version"]
     assert "local run summary" in first.stdout
+    # The model card names the image each step ran, with the digest Docker has for it.
+    import docker
+
+    card = json.loads((work / "registry" / "cfpb-disputes" / "cards" / "1" /
+                       "model_card.json").read_text())
+    client = docker.from_env()
+    tag = build_facts.image_tag()
+    assert card["provenance"]["image_digests"] == {
+        step: client.images.get(build_facts.image_name(step, build_facts.DEFAULT_REGISTRY,
+                                                       tag)).id
+        for step in build_facts.training_steps()}
 
     # The same data again: ingest finds its version in the store, every later step skips
     # itself in its container, the run succeeds and says so; nothing else changes.

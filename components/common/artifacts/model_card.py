@@ -18,9 +18,9 @@ version and row counts: train, fit, calibration holdout, eval), `preprocessing`
 `privacy` (train's record: `{"mechanism": "none"}` or DP-SGD's epsilon at delta and settings),
 `evaluation` (evaluate's overall metrics, metrics per slice, fairness gaps), `blessing` (the
 baseline it was compared with, every check and why it passed), `provenance` (the code version
-of each step, the images the pipeline was compiled with when push was told, and what is not
-known: image digests). Values are copied from training.json, evaluate's metrics.json and
-blessing.json and the lineage record, never recomputed.
+of each step, the images the pipeline was compiled with when push was told, with their digests
+when they were resolved at compile time). Values are copied from training.json, evaluate's
+metrics.json and blessing.json and the lineage record, never recomputed.
 """
 
 from __future__ import annotations
@@ -39,10 +39,22 @@ SCHEMA = 1
 SLICE_FIELDS = ("value", "count", "positives", "auc", "recall", "fpr", "precision", "eligible")
 MAX_HTML_SLICES = 30
 DIGESTS_NOT_KNOWN = (
-    "not recorded: a step sees neither its own image's digest nor the other steps'. What is "
-    "known is the code version baked into each image (CODE_VERSION) and, when the pipeline "
-    "passed them, the image names it was compiled with; the digests are in the run's pods "
+    "not recorded: a step sees neither its own image's digest nor the other steps', and this "
+    "package was compiled without them (`pipeline.py --compile --image-digests` records them; "
+    "local runs always do). What is known is the code version baked into each image "
+    "(CODE_VERSION) and the image names; the digests are in the run's pods "
     "(status.containerStatuses[].imageID) and in the image registry under those tags.")
+DIGESTS_KNOWN = (
+    "resolved when the pipeline was compiled: the registry digest of each image once pushed, "
+    "else its local image id")
+
+
+def image_digests(pipeline_images: dict | None) -> dict[str, str] | None:
+    """{step: sha256 digest} from the images the pipeline was compiled with, written as
+    name@digest when it knew them; None when it knew none."""
+    found = {step: image.rsplit("@", 1)[1] for step, image in (pipeline_images or {}).items()
+             if "@sha256:" in image}
+    return found or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +152,9 @@ def build(*, lineage: dict, training: dict, metrics: dict, blessing: dict,
                               or blessing.get("code_version"),
                               "push": code_version},
             "pipeline_images": pipeline_images,
-            "image_digests": None,
-            "image_digests_note": DIGESTS_NOT_KNOWN,
+            "image_digests": image_digests(pipeline_images),
+            "image_digests_note": (DIGESTS_KNOWN if image_digests(pipeline_images)
+                                   else DIGESTS_NOT_KNOWN),
             "push_step_image": {"step": os.environ.get("STEP"),
                                 "code_version": os.environ.get("CODE_VERSION")},
         },
@@ -294,6 +307,9 @@ def render(card: dict) -> str:
         _table([*[(f"code: {step}", _t(version))
                   for step, version in provenance["code_versions"].items()],
                 ("pipeline images", images or "not given to push"),
-                ("image digests", e(provenance.get("image_digests_note")))]),
+                ("image digests", "<br>".join(
+                    f"{e(k)}: {e(v)}" for k, v in sorted(
+                        (provenance.get("image_digests") or {}).items()))
+                 or e(provenance.get("image_digests_note")))]),
     ]
     return "\n".join(page(title, body)) + "\n"
