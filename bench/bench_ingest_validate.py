@@ -1,7 +1,7 @@
 """Benchmark the ingest and validate steps on synthetic complaints; prints figures, judges nothing.
 
     .venv/bin/python bench/bench_ingest_validate.py [--rows 1000000] [--seed 42]
-        [--workdir bench/out] [--workers 1] [--repeat 3] [--keep]
+        [--workdir bench/out] [--workers 1] [--repeat 3] [--keep] [--no-validate]
 
 What it measures, each step in its own child process (as the pipeline runs them):
   * csv baseline: Python's own `csv` module reading the same file, nothing else;
@@ -128,7 +128,7 @@ def steady_rows_per_second(log_path: str) -> float | None:
     return (r1 - r0) / max((t1 - t0).total_seconds(), 1e-9)
 
 
-def build_table(source_bytes: int, csv_run: Run, csv_seconds: float, tf_run: Run,
+def build_table(source_bytes: int, csv_run: Run, csv_seconds: float, tf_run: Run | None,
                 ingest_run: Run, metadata: dict, validate_runs: list[tuple[Run, dict]]) -> list:
     """The figures, in the order they are printed."""
     rows = metadata["rows"]["read"]
@@ -136,8 +136,11 @@ def build_table(source_bytes: int, csv_run: Run, csv_seconds: float, tf_run: Run
         figure("csv baseline: read time (in process)", csv_seconds, "s"),
         figure("csv baseline: rows/s", rows / csv_seconds, "rows/s", digits=0),
         figure("csv baseline: peak RSS", csv_run.peak_rss / MIB, "MiB"),
-        figure("tf import alone (start-up of any step importing TensorFlow)", tf_run.seconds,
-               "s"),
+    ]
+    if tf_run:
+        table.append(figure("tf import alone (start-up of any step importing TensorFlow)",
+                            tf_run.seconds, "s"))
+    table += [
         figure("ingest: wall time", ingest_run.seconds, "s"),
         figure("ingest: rows/s (rows read / wall time)", rows / ingest_run.seconds, "rows/s",
                digits=0),
@@ -186,6 +189,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default 3)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the ingest and validate outputs (the CSV is always kept)")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="csv baseline and ingest only (no tf import, no validate): the "
+                             "ingest figures in a minute")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.repeat < 1 or args.workers < 1:
         parser.error("--rows, --repeat and --workers must be at least 1")
@@ -224,10 +230,11 @@ def main(argv=None) -> int:
     for _, _, output in ingest_runs:
         if output != examples:
             shutil.rmtree(output)
-    tf_run = tf_import(logs)
-    print(f"tf import: {tf_run.seconds:.1f} s", flush=True)
+    tf_run = None if args.no_validate else tf_import(logs)
+    if tf_run:
+        print(f"tf import: {tf_run.seconds:.1f} s", flush=True)
     validate_runs = []
-    for workers in sorted({1, args.workers}):
+    for workers in [] if args.no_validate else sorted({1, args.workers}):
         validate_runs.append(validate(examples, os.path.join(run_dir, f"validation-w{workers}"),
                                       logs, workers))
         print(f"{validate_runs[-1][0].label}: {validate_runs[-1][0].seconds:.1f} s", flush=True)

@@ -24,8 +24,17 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     && uv pip sync --python /opt/venv/bin/python --require-hashes /tmp/requirements.txt \
     && slim-venv /opt/venv
 
+# What the extra installs but its step never loads (images/prune/<extra>.txt, when there is
+# one) and duplicate copies of shared libraries (images/prune_venv.sh). A stage of its own, so
+# editing a list never reinstalls a venv.
+FROM deps AS pruned
+ARG EXTRA
+COPY images/prune_venv.sh images/prune/ /tmp/prune/
+RUN list="/tmp/prune/$EXTRA.txt"; [ -f "$list" ] || list=""; \
+    sh /tmp/prune/prune_venv.sh /opt/venv $list
+
 FROM ${BASE_IMAGE}
-COPY --from=deps /opt/venv /opt/venv
+COPY --from=pruned /opt/venv /opt/venv
 ARG CODE_VERSION=unknown
 ENV CODE_VERSION=${CODE_VERSION}
 # The code last, so a code-only change rebuilds nothing above this line (and steps with the

@@ -80,15 +80,34 @@ def test_dockerfile_conventions():
     assert instructions[-2:][0] == "USER 1000:1000"
     assert "--mount=type=cache,target=/root/.cache/uv" in text
     assert "--frozen" in text and "--require-hashes" in text
-    # the dependency stage sees only pyproject.toml and uv.lock, and no STEP (shared layers)
-    deps = text.split("FROM ${BASE_IMAGE}")[0]
+    # the dependency stage sees only pyproject.toml and uv.lock, the pruning stage only the
+    # prune script and lists, and neither STEP (layers shared between steps)
+    deps, rest = text.split("FROM deps AS pruned")
+    pruned = rest.split("FROM ${BASE_IMAGE}")[0]
     assert [line for line in deps.splitlines() if line.startswith("COPY")] == [
         "COPY pyproject.toml uv.lock ./"]
-    assert not any("STEP" in line for line in deps.splitlines() if not line.startswith("#"))
+    assert [line for line in pruned.splitlines() if line.startswith("COPY")] == [
+        "COPY images/prune_venv.sh images/prune/ /tmp/prune/"]
+    assert not any("STEP" in line for line in (deps + pruned).splitlines()
+                   if not line.startswith("#"))
+    assert "COPY --from=pruned /opt/venv /opt/venv" in text
     for dockerfile in (DOCKERFILE, IMAGES / "base.Dockerfile"):
         ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
         common = (IMAGES / "common.dockerignore").read_text()
         assert ignore.exists() and ignore.read_text() == common
+
+
+def test_prune_lists_are_for_extras_and_in_the_build_context():
+    """images/prune/<extra>.txt: one per extra at most, each line a site-packages path."""
+    extras = {spec.extra for spec in build_facts.IMAGES}
+    lists = sorted((IMAGES / "prune").glob("*"))
+    assert lists and all(p.suffix == ".txt" and p.stem in extras for p in lists), lists
+    for path in lists:
+        for line in path.read_text().splitlines():
+            pattern = line.split("#", 1)[0].strip()
+            assert not pattern or not pattern.startswith(("/", "..")), (path.name, line)
+    ignore = (IMAGES / "common.dockerignore").read_text().splitlines()
+    assert "!images/prune_venv.sh" in ignore and "!images/prune/" in ignore
 
 
 def test_extras_per_image_are_in_the_lock():
@@ -253,8 +272,12 @@ def found(name):
 print(json.dumps({name: found(name) for name in absent}))
 """
 NEEDS = {
-    "ingest": ("tfx_bsl.coders.example_coder,pyarrow,numpy,google_crc32c,yaml,minio",
-               "tensorflow,apache_beam,pandas,pyarrow.flight"),
+    "ingest": ("tfx_bsl.coders.example_coder,pyarrow,pyarrow.compute,numpy,google_crc32c,yaml,"
+               "minio,minio.crypto",
+               # images/prune/ingest.txt
+               "tensorflow,apache_beam,pandas,pyarrow.flight,pyarrow._parquet,pyarrow._dataset,"
+               "pyarrow._csv,numpy.f2py,numpy.distutils,numpy.core._simd,tfx_bsl.tfxio,"
+               "Crypto.PublicKey,Crypto.Signature"),
     "validate": ("tensorflow_data_validation,tensorflow_metadata.proto.v0.schema_pb2,tfx_bsl,"
                  "apache_beam.options.pipeline_options,dill,minio,yaml,tensorflow,"
                  "matplotlib.figure,pandas",
@@ -343,6 +366,30 @@ def test_ingest_then_validate_in_their_images(built, tmp_path):
     summary = json.loads((work / "validation" / "summary.json").read_text())
     assert summary
     assert (work / "validation" / "report.html").is_file()
+
+
+@pytest.mark.docker
+def test_ingest_image_pruned_what_it_never_loads_and_still_works(built):
+    """What images/prune/ingest.txt removed is gone, minio's encryption (the pycryptodome
+    parts kept) still round-trips, and pyarrow's duplicate libraries are links."""
+    probe = """
+import io, json, os, pyarrow
+from minio import crypto
+class Response(io.BytesIO):
+    def stream(self, size):
+        while chunk := self.read(size):
+            yield chunk
+    def release_conn(self):
+        pass
+assert crypto.decrypt(Response(crypto.encrypt(b"payload", "key")), "key") == b"payload"
+folder = os.path.dirname(pyarrow.__file__)
+print(json.dumps(sorted(n for n in os.listdir(folder) if n.startswith("libarrow_python")
+                        and os.path.islink(os.path.join(folder, n)))))
+"""
+    done = docker_run(built["ingest"], "python", "-c", probe, user="4321:4321")
+    assert done.returncode == 0, done.stderr[-3000:]
+    links = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(links) == 2, links  # three identical files in the wheel: one stays a file
 
 
 @pytest.mark.docker

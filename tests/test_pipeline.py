@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -220,7 +221,7 @@ def test_image_digests_resolved_at_compile_time_reach_the_push_step(tmp_path):
                for i, step in enumerate(build_facts.training_steps())}
     path = definition.compile_pipeline(str(tmp_path / "p.yaml"), image_tag="1.0",
                                        image_digests=digests)
-    spec = list(yaml.safe_load_all(open(path).read()))[0]
+    spec = list(yaml.safe_load_all(Path(path).read_text()))[0]
     push_task, _ = all_tasks(spec)["push"]
     images = json.loads(push_task["inputs"]["parameters"]["pipeline_images"]["runtimeValue"]
                         ["constant"])

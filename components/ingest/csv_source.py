@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterator
+import io
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from components.common.errors import StepError
@@ -91,22 +93,31 @@ class CsvRows:
         """Lines split on the file's line break only (a narrative may hold other line breaks
         such as U+2028), decoded a block at a time; an invalid byte is located at its exact
         line and byte."""
-        lines_before = 0
+        return itertools.chain.from_iterable(self._decoded_blocks())
+
+    def _decoded_blocks(self) -> Iterator[Iterable[str]]:
+        """Each block's lines, with their line breaks. Where no CR is in the block (the file's
+        break is LF), io.StringIO(newline="") splits exactly there and the csv reader pulls the
+        lines without a Python step per line; otherwise the block is split on the break."""
+        first = True
         for block in self.source.blocks():
             newline = self.source.newline.decode()
             try:
                 text = block.decode("utf-8")
             except UnicodeDecodeError:
-                self._raise_decode_error(block, lines_before)
-            if lines_before == 0 and text.startswith(BOM):
+                # the csv reader has taken every line of the blocks before this one
+                self._raise_decode_error(block, self._reader.line_num)
+            if first and text.startswith(BOM):
                 text = text[1:]
+            first = False
+            if newline == "\n" and b"\r" not in block:
+                yield io.StringIO(text, newline="")
+                continue
             lines = text.split(newline)
             last = lines.pop()  # "" when the block ends with a line break
-            lines_before += len(lines)
-            yield from [line + newline for line in lines]
+            yield [line + newline for line in lines]
             if last:
-                lines_before += 1
-                yield last
+                yield (last,)
 
     def _raise_decode_error(self, block: bytes, lines_before: int) -> None:
         for number, raw in enumerate(block.split(self.source.newline), start=lines_before + 1):
@@ -121,44 +132,48 @@ class CsvRows:
 
     def _next_record(self) -> list[str] | None:
         start_line = self.line_number + 1
-        where = (f"row {self.row_number + 1} (from line {start_line})" if self.row_number or
-                 start_line > 1 else "the header (line 1)")
         try:
             return next(self._reader)
         except StopIteration:
             return None
         except csv.Error as exc:
-            message = str(exc)
-            if "field larger than field limit" in message:
-                spanned = self.line_number - start_line + 1
-                hint = (f"; it spans lines {start_line} to {self.line_number}, so a quote "
-                        f"opened there and never closed is the likelier cause"
-                        if spanned > 100 else "")
-                raise StepError(
-                    f"{self.name}: {where}: a field is over the limit of "
-                    f"{self.max_field_bytes} bytes; if such long fields are real, raise "
-                    f"csv.max_field_bytes in the dataset config{hint}"
-                ) from exc
-            if "unexpected end of data" in message:
-                raise StepError(
-                    f"{self.name}: {where}: unterminated quoted field, the file ends inside "
-                    "quotes"
-                ) from exc
-            if "expected after '\"'" in message and start_line < self.line_number:
-                raise StepError(
-                    f"{self.name}: {where}: a quoted field is not closed (unterminated "
-                    f"quote?); parsing broke at line {self.line_number}"
-                ) from exc
-            if "new-line character seen in unquoted field" in message:
-                raise StepError(
-                    f"{self.name}: {where}: a carriage return (CR) inside an unquoted field at "
-                    f"line {self.line_number}: the file mixes line endings (CR alone and LF); "
-                    "save it with one kind of line ending, or quote fields that hold line "
-                    "breaks"
-                ) from exc
-            raise StepError(
-                f"{self.name}: {where}, line {self.line_number}: malformed CSV: {message}"
-            ) from exc
+            raise self._csv_error(exc, start_line) from exc
+
+    def _csv_error(self, exc: csv.Error, start_line: int) -> StepError:
+        """What a csv.Error means, for the record that starts at `start_line`."""
+        where = (f"row {self.row_number + 1} (from line {start_line})" if self.row_number or
+                 start_line > 1 else "the header (line 1)")
+        message = str(exc)
+        if "field larger than field limit" in message:
+            spanned = self.line_number - start_line + 1
+            hint = (f"; it spans lines {start_line} to {self.line_number}, so a quote "
+                    f"opened there and never closed is the likelier cause"
+                    if spanned > 100 else "")
+            return StepError(
+                f"{self.name}: {where}: a field is over the limit of "
+                f"{self.max_field_bytes} bytes; if such long fields are real, raise "
+                f"csv.max_field_bytes in the dataset config{hint}"
+            )
+        if "unexpected end of data" in message:
+            return StepError(
+                f"{self.name}: {where}: unterminated quoted field, the file ends inside "
+                "quotes"
+            )
+        if "expected after '\"'" in message and start_line < self.line_number:
+            return StepError(
+                f"{self.name}: {where}: a quoted field is not closed (unterminated "
+                f"quote?); parsing broke at line {self.line_number}"
+            )
+        if "new-line character seen in unquoted field" in message:
+            return StepError(
+                f"{self.name}: {where}: a carriage return (CR) inside an unquoted field at "
+                f"line {self.line_number}: the file mixes line endings (CR alone and LF); "
+                "save it with one kind of line ending, or quote fields that hold line "
+                "breaks"
+            )
+        return StepError(
+            f"{self.name}: {where}, line {self.line_number}: malformed CSV: {message}"
+        )
 
     def _read_header(self) -> list[str]:
         header = self._next_record()
@@ -188,36 +203,42 @@ class CsvRows:
 
     def __iter__(self) -> Iterator[list[str]]:
         width = len(self.header)
+        reader = self._reader
         previous_name = -1
-        while True:
-            record = self._next_record()
-            if record is None:
-                return
-            if not record:  # a blank line between records
-                continue
-            self.row_number += 1
-            if self.row_number == 1 and len(record) == width + 1 and _row_name(record[0]) > 0:
-                self.r_row_names = True  # confirmed row by row: any misfit is an error below
-            if self.r_row_names:
-                name = _row_name(record[0]) if len(record) == width + 1 else -1
-                if name <= previous_name:
-                    raise StepError(
-                        f"{self.name}: row {self.row_number} (line {self.line_number}): "
-                        + (f"{len(record)} fields, expected {width + 1} as in every row before "
-                           f"(the header's {width} and R's row names)"
-                           if len(record) != width + 1 else
-                           f"first field {record[0][:20]!r} does not continue the increasing "
-                           f"row numbers of the rows before (R's row names; the header has "
-                           f"{width} fields)"))
-                previous_name = name
-                yield record[1:]
-                continue
-            if len(record) != width:
-                raise StepError(
-                    f"{self.name}: row {self.row_number} (line {self.line_number}): "
-                    f"{len(record)} fields, expected {width} as in the header"
-                )
-            yield record
+        r_row_names = self.r_row_names
+        end_line = reader.line_num  # where the record before ended
+        try:
+            for record in reader:
+                if not record:  # a blank line between records
+                    end_line = reader.line_num
+                    continue
+                self.row_number += 1
+                if r_row_names or len(record) != width:
+                    if (self.row_number == 1 and len(record) == width + 1
+                            and _row_name(record[0]) > 0):
+                        # confirmed row by row: any misfit is an error below
+                        r_row_names = self.r_row_names = True
+                    if not r_row_names:
+                        raise StepError(
+                            f"{self.name}: row {self.row_number} (line {self.line_number}): "
+                            f"{len(record)} fields, expected {width} as in the header"
+                        )
+                    name = _row_name(record[0]) if len(record) == width + 1 else -1
+                    if name <= previous_name:
+                        raise StepError(
+                            f"{self.name}: row {self.row_number} (line {self.line_number}): "
+                            + (f"{len(record)} fields, expected {width + 1} as in every row "
+                               f"before (the header's {width} and R's row names)"
+                               if len(record) != width + 1 else
+                               f"first field {record[0][:20]!r} does not continue the "
+                               f"increasing row numbers of the rows before (R's row names; "
+                               f"the header has {width} fields)"))
+                    previous_name = name
+                    record = record[1:]
+                end_line = reader.line_num
+                yield record
+        except csv.Error as exc:
+            raise self._csv_error(exc, end_line + 1) from exc
 
 
 def _row_name(text: str) -> int:

@@ -171,30 +171,35 @@ def _write_pass(source: str, staging: str, config: DatasetConfig, eval_fraction:
     dropped_values: collections.Counter[str] = collections.Counter()
     label_counts = {s: {"positive": 0, "negative": 0} for s in SPLITS}
     id_hashes = array("q")
-    with storage.open_read(source) as stream:
-        rows = CsvRows(stream, source, config.delimiter, config.max_field_bytes)
-        layout = resolve_columns(rows.header, config, source)
-        columns = layout.indices
-        label_index = columns[label_spec.feature]
-        id_index = columns[config.id_feature]
-        track = track and not layout.content_id
-        numeric = list(config.features.get("numeric", ()))
-        strings = [f for f in [*config.feature_names, config.id_feature] if f not in numeric]
-        collector = RowCollector({f: columns[f] for f in strings},
-                                 {f: columns[f] for f in numeric}, source, layout.header)
-        writer = ExampleWriterProcess(
-            (strings, numeric, label_spec.feature),
-            {s: (os.path.join(staging, s), s, options.rows_per_shard, options.compression_level)
-             for s in SPLITS},
-        )
-        batches = {s: collector.new_batch() for s in SPLITS}
-        started = time.monotonic()
-        try:
+    numeric = list(config.features.get("numeric", ()))
+    strings = [f for f in [*config.feature_names, config.id_feature] if f not in numeric]
+    # Started before the source is opened: the writer's imports (numpy, pyarrow, tfx-bsl) run
+    # while this process opens the source and parses the first rows.
+    writer = ExampleWriterProcess(
+        (strings, numeric, label_spec.feature),
+        {s: (os.path.join(staging, s), s, options.rows_per_shard, options.compression_level)
+         for s in SPLITS},
+    )
+    try:
+        with storage.open_read(source) as stream:
+            rows = CsvRows(stream, source, config.delimiter, config.max_field_bytes)
+            layout = resolve_columns(rows.header, config, source)
+            columns = layout.indices
+            label_index = columns[label_spec.feature]
+            id_index = columns[config.id_feature]
+            track = track and not layout.content_id
+            collector = RowCollector({f: columns[f] for f in strings},
+                                     {f: columns[f] for f in numeric}, source, layout.header)
+            batches = {s: collector.new_batch() for s in SPLITS}
+            # Bound once: the loop below runs a million times.
+            take, add, quick = collector.take, collector.add, not numeric
+            appends, is_eval, salt = layout.appends, split.is_eval, config.split_salt
+            started = time.monotonic()
             for row in rows:
                 if skip and rows.row_number in skip:
                     dropped["duplicate_id"] += 1
                     continue
-                if layout.appends:
+                if appends:
                     row = layout.complete(row)
                 row_id = row[id_index].strip()
                 if track and row_id:
@@ -214,28 +219,38 @@ def _write_pass(source: str, staging: str, config: DatasetConfig, eval_fraction:
                 if not row_id:
                     dropped["missing_id"] += 1
                     continue
-                split_name = "eval" if split.is_eval(row_id, eval_fraction, config.split_salt) \
-                    else "train"
+                split_name = "eval" if is_eval(row_id, eval_fraction, salt) else "train"
                 batch = batches[split_name]
-                collector.add(batch, row, label, rows.row_number)
-                if len(batch) >= ENCODE_BATCH:
+                if quick:
+                    batch.rows.append(take(row))
+                    batch.labels.append(label)
+                else:
+                    add(batch, row, label, rows.row_number)
+                if len(batch.labels) >= ENCODE_BATCH:
+                    _count_labels(label_counts[split_name], batch)
                     writer.submit(split_name, batch)
                     batches[split_name] = collector.new_batch()
-                label_counts[split_name]["positive" if label else "negative"] += 1
                 if rows.row_number % PROGRESS_EVERY == 0:
                     log.info("read %d rows (%.0f rows/s overall, %.1f MB)", rows.row_number,
                              rows.row_number / max(time.monotonic() - started, 1e-9),
                              rows.source.bytes_read / 1e6)
             for split_name, batch in batches.items():
                 if len(batch):
+                    _count_labels(label_counts[split_name], batch)
                     writer.submit(split_name, batch)
             written = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        return _Pass(rows.row_number, rows.source.sha256.hexdigest(), rows.source.bytes_read,
-                     layout, rows.r_row_names, rows.cr_line_endings, written, dropped,
-                     dropped_values, label_counts, id_hashes if track else None)
+    except BaseException:
+        writer.abort()
+        raise
+    return _Pass(rows.row_number, rows.source.sha256.hexdigest(), rows.source.bytes_read,
+                 layout, rows.r_row_names, rows.cr_line_endings, written, dropped,
+                 dropped_values, label_counts, id_hashes if track else None)
+
+
+def _count_labels(counts: dict[str, int], batch) -> None:
+    positives = sum(batch.labels)  # 1 positive, 0 negative
+    counts["positive"] += positives
+    counts["negative"] += len(batch.labels) - positives
 
 
 def _repeated_id_hashes(first: _Pass) -> set[int]:
