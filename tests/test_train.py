@@ -126,6 +126,23 @@ def test_training_lineage_and_signatures(pipeline_dirs):
     assert (work / "model" / "logs").is_dir()
 
 
+def test_tensorboard_logs_hold_each_epochs_metrics(pipeline_dirs):
+    """logs/train and logs/validation, one `epoch_<metric>` value per epoch run, as Keras'
+    TensorBoard callback writes them (what the TensorBoard UI reads)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work, _ = pipeline_dirs
+    saved = json.loads((work / "model" / "training.json").read_text())
+    epochs = saved["epochs_run"]
+    for part, tag in (("train", "epoch_loss"), ("validation", "epoch_auc")):
+        events = EventAccumulator(str(work / "model" / "logs" / part))
+        events.Reload()
+        tags = events.Tags()["tensors"] or events.Tags()["scalars"]
+        assert tag in tags, (part, tags)
+        assert len(events.Tensors(tag) if events.Tags()["tensors"] else
+                   events.Scalars(tag)) == epochs
+
+
 def test_preprocessing_hash_tracks_data_config_and_is_deterministic(pipeline_dirs, tmp_path):
     from tests.conftest import run_cli
 
