@@ -6,8 +6,9 @@ Needs the step images (`make build-images`; the tag defaults to build_facts.imag
 each row count it generates complaints with datagen (once, reused while the name matches:
 `<workdir>/complaints-<rows>-seed<seed>.csv`), runs `pipeline.py --run local` in a fresh work
 directory (so every run is a first run: no baseline data version, no registry version), and
-reads the run's summary.json.
-Prints a Markdown table of per-step seconds and the growth factor between row counts, and
+reads the run's summary.json, while `container_memory.ContainerMemory` samples each step
+container's cgroup. Prints Markdown tables of per-step seconds (with the growth factor between
+row counts) and per-step container memory, and
 writes `<workdir>/bench_local_pipeline.json`. Judges nothing.
 """
 
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchlib import OUT, PYTHON, REPO, build_facts, ensure_data, write_json
+from container_memory import ContainerMemory
 
 
 def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) -> dict:
@@ -29,10 +31,12 @@ def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) 
     runs = workdir / f"local-{rows}"
     shutil.rmtree(runs, ignore_errors=True)
     started = time.monotonic()
-    result = subprocess.run([PYTHON, str(REPO / "pipeline.py"), "--run", "local",
-                             "--workdir", str(runs), "--source", data, "--hparams", hparams,
-                             "--image-tag", image_tag],
-                            cwd=REPO, capture_output=True, text=True)
+    prefix = f"{build_facts.DEFAULT_REGISTRY.rstrip('/')}/{build_facts.PROJECT}-"
+    with ContainerMemory(prefix) as memory:
+        result = subprocess.run([PYTHON, str(REPO / "pipeline.py"), "--run", "local",
+                                 "--workdir", str(runs), "--source", data, "--hparams", hparams,
+                                 "--image-tag", image_tag],
+                                cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - started
     (workdir / f"local-{rows}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -40,6 +44,7 @@ def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) 
     summary = json.loads((runs / "latest" / "summary.json").read_text())
     return {"rows": rows, "wall_seconds": round(wall, 1),
             "steps": {s["name"]: s["seconds"] for s in summary["steps"]},
+            "container_memory_mib": memory.peaks,
             "auc": summary["metrics"].get("auc")}
 
 
@@ -70,6 +75,17 @@ def main(argv=None) -> int:
                   (" | " if len(values) > 1 else ""))
         print(f"| {name} | {cells}{growth} |")
     print("AUC: " + ", ".join(f"{r['rows']:,} rows {r['auc']:.4f}" for r in results))
+    print()
+    print("| step | " + " | ".join(f"{r['rows']:,} rows: container anonymous / working set "
+                                     "/ cgroup peak incl. page cache" for r in results) + " |")
+    print("|---" * (len(results) + 1) + "|")
+    for name in steps:
+        cells = []
+        for r in results:
+            peak = r["container_memory_mib"].get(name)
+            cells.append(f"{peak['rss_mib']:,.0f} / {peak['working_set_mib']:,.0f} / "
+                         f"{peak['usage_mib']:,.0f} MiB" if peak else "not seen (too short)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"wrote {write_json(workdir / 'bench_local_pipeline.json', results)}")
     return 0
 
