@@ -332,20 +332,8 @@ def check_exclusive_create(prefix: str) -> None:
 
 def list_uris(prefix: str) -> list[str]:
     """Every object (S3) or file (local, recursive) under a prefix, sorted."""
-    if is_s3(prefix):
-        from minio.error import S3Error
-
-        bucket, key = split_s3(prefix)
-        key = key.rstrip("/") + "/" if key else ""
-        try:
-            with _s3_call(prefix):
-                client = s3_client()
-                if not client.bucket_exists(bucket):
-                    return []
-                objects = client.list_objects(bucket, prefix=key, recursive=True)
-                return sorted(f"s3://{bucket}/{obj.object_name}" for obj in objects)
-        except S3Error as exc:
-            raise _s3_error(prefix, exc) from exc
+    if is_s3(prefix):  # one S3 listing: list_objects' (directory markers left out)
+        return [uri for uri, _size, _tag in list_objects(prefix)]
     found = []
     for root, _dirs, files in os.walk(prefix):
         found.extend(os.path.join(root, name) for name in files)
