@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from components.common.cli import StepArgumentParser, positive_int, run_step
+from components.common.cli import StepArgumentParser, end_process, positive_int, run_step
 from components.common.errors import StepError
 
 log = logging.getLogger("datagen")
@@ -92,4 +92,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("datagen", main))
+    end_process(run_step("datagen", main))

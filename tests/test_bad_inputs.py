@@ -120,6 +120,33 @@ def test_an_unexpected_failure_is_one_line_with_the_traceback_in_the_debug_log()
     assert "Traceback" in loud.stderr and loud.returncode == 1
 
 
+def test_a_step_ending_without_interpreter_teardown_still_says_and_cleans_up(tmp_path):
+    """end_process skips Python's teardown (seconds after TensorFlow) but not what a normal
+    exit promises: the exit code, buffered output, the log, atexit handlers, temporary
+    directories."""
+    code = (
+        "import atexit, logging, pathlib, sys, tempfile\n"
+        "from components.common.cli import end_process, run_step\n"
+        "def main(argv):\n"
+        "    global scratch\n"
+        "    scratch = tempfile.TemporaryDirectory(dir=sys.argv[1])\n"
+        "    (pathlib.Path(scratch.name) / 'x').write_text('x')\n"
+        "    atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "    logging.getLogger('components.demo').info('done')\n"
+        "    sys.stdout.write('no newline, still buffered')\n"
+        "    return 3\n"
+        "end_process(run_step('demo', main))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "no newline, still buffered"
+    assert "INFO components.demo: done" in result.stderr
+    assert "atexit ran" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigterm_leaves_no_partial_output(tmp_path):
     """Kubernetes stops a pod with SIGTERM: the staged output goes, nothing half-written."""
     data = tmp_path / "big.csv"

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from components.common.errors import StepError
 
@@ -83,6 +84,26 @@ def run_step(name: str, main: Callable[[Sequence[str] | None], int | None],
         logging.getLogger(f"components.{name}").debug("unexpected failure", exc_info=True)
         print(f"error: {name}: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNEXPECTED
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with `code` without Python's interpreter teardown: after TensorFlow is imported,
+    unloading its thousands of modules takes ~0.8 s of every step's run (measured in the step
+    images), work that a process about to end does not need. What a normal exit guarantees is
+    kept: atexit handlers run (logging flushed, weakref finalizers such as temporary directory
+    removal) and stdout/stderr are flushed. Every output is written and closed by the step
+    before this (staged outputs are published in their `with` blocks). Under a profiler or a
+    debugger the exit is a normal one, so that it can write what it collected."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
+    import atexit
+    import contextlib
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing left to say
+            stream.flush()
+    os._exit(code)
 
 
 def parse_bool(value: str | bool) -> bool:

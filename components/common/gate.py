@@ -21,7 +21,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from components.common.cli import StepArgumentParser, parse_bool, run_step
+from components.common.cli import StepArgumentParser, end_process, parse_bool, run_step
 from components.common.errors import StepError
 
 SKIPPED = "no new data"
@@ -103,4 +103,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("gate", main))
+    end_process(run_step("gate", main))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from components.common.cli import (
     StepArgumentParser,
     add_executor_input,
+    end_process,
     optional_int,
     optional_str,
     parse_bool,
@@ -135,4 +134,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("deploy", main))
+    end_process(run_step("deploy", main))

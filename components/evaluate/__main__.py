@@ -12,6 +12,7 @@ from components.common.cli import (
     add_metrics_output,
     add_report_copy,
     copy_to_output,
+    end_process,
     optional_str,
     run_step,
 )
@@ -91,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("evaluate", main))
+    end_process(run_step("evaluate", main))

@@ -12,6 +12,7 @@ from components.common.cli import (
     add_metrics_output,
     add_report_copy,
     copy_to_output,
+    end_process,
     optional_str,
     parse_bool,
     run_step,
@@ -143,4 +144,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("feedback", main))
+    end_process(run_step("feedback", main))

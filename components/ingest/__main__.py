@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    end_process,
     optional_float,
     optional_str,
     parse_bool,
@@ -76,4 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("ingest", main))
+    end_process(run_step("ingest", main))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    end_process,
     optional_str,
     run_step,
 )
@@ -74,4 +74,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("push", main))
+    end_process(run_step("push", main))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
+    end_process,
     optional_str,
     run_step,
 )
@@ -108,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("serve", main))
+    end_process(run_step("serve", main))

@@ -347,8 +347,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from components.common.cli import end_process, run_step
 
-    from components.common.cli import run_step
-
-    sys.exit(run_step("serve log receiver", main))
+    end_process(run_step("serve log receiver", main))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    end_process,
     optional_float,
     optional_str,
     run_step,
@@ -110,4 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("train", main))
+    end_process(run_step("train", main))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
     add_executor_input,
+    end_process,
     run_step,
 )
 
@@ -45,4 +44,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("transform", main))
+    end_process(run_step("transform", main))

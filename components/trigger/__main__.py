@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
 
-from components.common.cli import StepArgumentParser, run_step
+from components.common.cli import StepArgumentParser, end_process, run_step
 
 
 def build_parser() -> StepArgumentParser:
@@ -95,4 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("trigger", main))
+    end_process(run_step("trigger", main))

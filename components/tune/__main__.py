@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from components.common.cli import (
     StepArgumentParser,
     add_dataset_config,
@@ -11,6 +9,7 @@ from components.common.cli import (
     add_metrics_output,
     add_report_copy,
     copy_to_output,
+    end_process,
     optional_str,
     parse_bool,
     run_step,
@@ -117,4 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("tune", main))
+    end_process(run_step("tune", main))

@@ -11,6 +11,7 @@ from components.common.cli import (
     add_executor_input,
     add_report_copy,
     copy_to_output,
+    end_process,
     optional_str,
     parse_bool,
     run_step,
@@ -91,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("validate", main))
+    end_process(run_step("validate", main))
