@@ -24,7 +24,7 @@ help:  ## list targets
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 
-# ==== Images (images/README.md): base-image, build-images, image-sizes ========================
+# ==== Images (images/README.md): base-image, build-images, image-sizes, prune-images ======
 # <REGISTRY>/<PROJECT>-<step>:<TAG>, e.g. local/cfpb-pipeline-train:0.1.0-541854a. Names, tag,
 # code version and the image list come from components/common/build_facts.py (one definition).
 FACTS := $(PYTHON) -m components.common.build_facts
@@ -40,7 +40,7 @@ LOCAL_PYTHON_IMAGE := local/python:3.11-bookworm
 IMAGES_ENV = REGISTRY=$(REGISTRY) TAG=$(TAG) CODE_VERSION=$(CODE_VERSION) \
 	PYTHON_IMAGE=$(PYTHON_IMAGE) LOCAL_PYTHON_IMAGE=$(LOCAL_PYTHON_IMAGE) PYTHON=$(PYTHON)
 
-.PHONY: base-image build-images image-sizes
+.PHONY: base-image build-images image-sizes prune-images
 
 base-image:  ## Python base from Debian packages, local/python:3.11-bookworm (FORCE=1 rebuilds)
 	FORCE=$(FORCE) images/build_base.sh $(LOCAL_PYTHON_IMAGE)
@@ -50,6 +50,9 @@ build-images:  ## step images <REGISTRY>/cfpb-pipeline-<step>:<TAG>
 
 image-sizes:  ## size of each step image (bench/out/bench_images.json)
 	$(PYTHON) bench/bench_images.py --registry $(REGISTRY) --tag $(TAG) $(IMAGES)
+
+prune-images:  ## remove this project's images of other tags than TAG (and KEEP="tag ...")
+	REGISTRY=$(REGISTRY) TAG=$(TAG) KEEP="$(KEEP)" PYTHON=$(PYTHON) images/prune_images.sh
 # ==== end of images ============================================================================
 
 $(VENV)/.synced: pyproject.toml uv.lock | uv
