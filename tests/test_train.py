@@ -106,6 +106,8 @@ def test_serving_signature_rejects_a_missing_feature(pipeline_dirs):
 
 
 def test_training_lineage_and_signatures(pipeline_dirs):
+    import tensorflow as tf
+
     from components.common.artifacts.model import model_id_of
 
     work, info = pipeline_dirs
@@ -122,6 +124,12 @@ def test_training_lineage_and_signatures(pipeline_dirs):
                                                                  "raw_probability": "float32"}
     assert saved["signatures"]["serving_tf_example"]["outputs"] == \
         saved["signatures"]["serving_default"]["outputs"]
+    # Read from saved_model.pb alone; what loading the SavedModel (as a server does) reports.
+    loaded = tf.saved_model.load(str(work / "model" / "model"))
+    assert saved["signatures"] == {
+        name: {"inputs": {k: v.dtype.name for k, v in fn.structured_input_signature[1].items()},
+               "outputs": {k: v.dtype.name for k, v in fn.structured_outputs.items()}}
+        for name, fn in loaded.signatures.items()}
     assert 0.5 < saved["metrics"]["auc"] <= 1.0
     assert (work / "model" / "logs").is_dir()
 

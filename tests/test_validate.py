@@ -151,6 +151,11 @@ def test_train_eval_skew_is_reported(baseline, workdir):
     shutil.copytree(baseline, skewed)
     shutil.rmtree(skewed / "eval")
     shutil.copytree(workdir / "shifted" / "train", skewed / "eval")
+    shifted = json.loads((workdir / "shifted" / "metadata.json").read_text())
+    metadata = json.loads((skewed / "metadata.json").read_text())
+    metadata["rows"]["eval"] = shifted["rows"]["train"]
+    metadata["label_counts"]["eval"] = shifted["label_counts"]["train"]
+    (skewed / "metadata.json").write_text(json.dumps(metadata))
     summary = validate(str(skewed), str(workdir / "v-skew"), CONFIG)
     skew = summary["measurements"]["consumer_disputed"]["skew"]
     assert skew["value"] > 0.3
@@ -225,44 +230,52 @@ MULTI_PROCESS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
 
 
 @pytest.mark.slow
-def test_multi_process_statistics_equal_single_process(tmp_path, cli):
-    """`--beam-pipeline-args` runs the statistics on Beam's multi-process runner (as a cluster
-    runner would: rows split between workers, partial statistics merged). Everything exact
-    stays equal to one process: counts, missing, uniques, lengths, every categorical
+def test_statistics_in_this_process_on_beam_and_on_two_workers_agree(tmp_path, cli):
+    """Small data is described in the step's own process (no Beam pipeline); larger data, or
+    any `--beam-pipeline-args`, on Beam: here one process and Beam's multi-process runner (as
+    a cluster runner would: rows split between workers, partial statistics merged). Everything
+    exact is equal in all three: counts, missing, uniques, lengths, every categorical
     feature's values and frequencies; so the schema, anomalies and distances are the same.
-    Only the top values of features with more distinct values than the sketch holds
-    (ids, ZIP codes, free text: Misra-Gries) may differ, as approximations do."""
+    Only the top values of features with more distinct values than the sketch holds (ids, ZIP
+    codes, free text: Misra-Gries) may differ, as approximations do."""
     import tensorflow_data_validation as tfdv
 
     generate(cli, tmp_path / "data.csv", 3000, seed=31)
     # many shards, so that both workers read rows
     ingest(str(tmp_path / "data.csv"), str(tmp_path / "ex"), CONFIG,
            IngestOptions(rows_per_shard=300))
-    outputs = {}
-    for label, flags in (("one", []), ("two", ["--beam-pipeline-args", MULTI_PROCESS])):
+    runs = {"in process": [], "beam": ["--in-memory-max-rows", "0"],
+            "beam, two workers": ["--beam-pipeline-args", MULTI_PROCESS]}
+    outputs, logs = {}, {}
+    for label, flags in runs.items():
         result = cli("components.validate", "--examples", str(tmp_path / "ex"),
                      "--output", str(tmp_path / label), *flags)
         assert result.returncode == 0, result.stderr[-3000:]
-        outputs[label] = tmp_path / label
-    one, two = (json.loads((outputs[k] / "summary.json").read_text()) for k in ("one", "two"))
-    assert one["anomalies"] == two["anomalies"] and one["measurements"] == two["measurements"]
-    assert (outputs["one"] / "schema.pbtxt").read_text() == \
-        (outputs["two"] / "schema.pbtxt").read_text()
+        outputs[label], logs[label] = tmp_path / label, result.stderr
+    assert "in this process: at most 20000 rows" in logs["in process"]
+    assert "on Beam" in logs["beam"] and "on Beam" in logs["beam, two workers"]
+    one = json.loads((outputs["in process"] / "summary.json").read_text())
     sketched = set(CONFIG.validation.no_distribution_checks)
-    for split in ("train", "eval"):
-        stats = {k: tfdv.load_stats_binary(str(outputs[k] / split / "FeatureStats.pb"))
-                 .datasets[0] for k in ("one", "two")}
-        assert stats["one"].num_examples == stats["two"].num_examples
-        features = {k: {f.path.step[0]: f for f in s.features} for k, s in stats.items()}
-        assert features["one"].keys() == features["two"].keys()
-        for name, feature in features["one"].items():
-            other = features["two"][name]
-            if name not in sketched:
-                assert feature == other, f"{split}/{name}"
-                continue
-            for field in ("common_stats", "unique", "avg_length"):
-                assert getattr(feature.string_stats, field) == \
-                    getattr(other.string_stats, field), f"{split}/{name}: {field}"
+    for label in ("beam", "beam, two workers"):
+        other = json.loads((outputs[label] / "summary.json").read_text())
+        assert one["anomalies"] == other["anomalies"], label
+        assert one["measurements"] == other["measurements"], label
+        assert (outputs["in process"] / "schema.pbtxt").read_text() == \
+            (outputs[label] / "schema.pbtxt").read_text(), label
+        for split in ("train", "eval"):
+            stats = {k: tfdv.load_stats_binary(str(outputs[k] / split / "FeatureStats.pb"))
+                     .datasets[0] for k in ("in process", label)}
+            assert stats["in process"].num_examples == stats[label].num_examples
+            features = {k: {f.path.step[0]: f for f in s.features} for k, s in stats.items()}
+            assert features["in process"].keys() == features[label].keys()
+            for name, feature in features["in process"].items():
+                theirs = features[label][name]
+                if name not in sketched:
+                    assert feature == theirs, f"{label}: {split}/{name}"
+                    continue
+                for field in ("common_stats", "unique", "avg_length"):
+                    assert getattr(feature.string_stats, field) == \
+                        getattr(theirs.string_stats, field), f"{label}: {split}/{name}: {field}"
 
 
 def test_bad_beam_pipeline_args_are_a_one_line_error(baseline, tmp_path, cli):
@@ -311,4 +324,21 @@ def test_a_corrupt_tfrecord_names_the_file(baseline, tmp_path):
     examples, shard = _damaged_copy(baseline, tmp_path, flip)
     with pytest.raises(StepError, match=f"^{shard}: (not readable as gzip|corrupt)"):
         validate(str(examples), str(tmp_path / "out"), CONFIG)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("in_memory_max_rows", [20_000, 0], ids=["in process", "beam"])
+def test_records_that_do_not_match_the_metadata_are_an_error(baseline, tmp_path,
+                                                              in_memory_max_rows):
+    """A split whose files hold other rows than its metadata.json says (a partial copy, files
+    from another version) is refused, in both statistics paths, before any output."""
+    examples = tmp_path / "examples"
+    shutil.copytree(baseline, examples)
+    metadata = json.loads((examples / "metadata.json").read_text())
+    metadata["rows"]["eval"] += 1
+    (examples / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(StepError, match=r"/eval/\*\.tfrecord\.gz: \d+ records, its "
+                                        r"metadata\.json says \d+; run ingest again"):
+        validate(str(examples), str(tmp_path / "out"), CONFIG,
+                 in_memory_max_rows=in_memory_max_rows)
     assert not os.path.exists(tmp_path / "out")

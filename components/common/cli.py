@@ -145,6 +145,17 @@ def positive_int(value: str) -> int:
     return number
 
 
+def non_negative_int(value: str) -> int:
+    """A whole number of at least 0 (limits where 0 turns a behaviour off)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
+    return number
+
+
 def optional_int(value: str) -> int | None:
     """A whole number, or "" (a KFP default) for 'not given'."""
     if not value.strip():

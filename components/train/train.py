@@ -333,14 +333,7 @@ def export_serving_model(model, preprocessing, config: DatasetConfig, path: str,
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
     )
     archive.write_out(path, verbose=False)
-    loaded = tf.saved_model.load(path)
-    return {
-        name: {
-            "inputs": {k: v.dtype.name for k, v in fn.structured_input_signature[1].items()},
-            "outputs": {k: v.dtype.name for k, v in fn.structured_outputs.items()},
-        }
-        for name, fn in loaded.signatures.items()
-    }
+    return model_artifact.serving_signatures(path)
 
 
 def tf_version() -> str:

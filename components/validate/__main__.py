@@ -12,10 +12,12 @@ from components.common.cli import (
     add_report_copy,
     copy_to_output,
     end_process,
+    non_negative_int,
     optional_str,
     parse_bool,
     run_step,
 )
+from components.validate.validation import IN_MEMORY_MAX_ROWS
 
 
 def build_parser() -> StepArgumentParser:
@@ -41,6 +43,12 @@ def build_parser() -> StepArgumentParser:
                              "'--direct_num_workers=2 --direct_running_mode=multi_processing', or "
                              "a cluster's '--runner=FlinkRunner --flink_master=host:8081 ...'; "
                              "default: one process (Beam's FnApiRunner in memory)")
+    parser.add_argument("--in-memory-max-rows", type=non_negative_int,
+                        default=IN_MEMORY_MAX_ROWS, metavar="N",
+                        help="without --beam-pipeline-args, up to N rows in all (train, eval, "
+                             "baseline train) are described in this process without a Beam "
+                             "pipeline (faster for small data; holds those rows in memory); 0: "
+                             "always Beam (default: %(default)s)")
     parser.add_argument("--fail-on-anomalies", nargs="?", const=True, default=False,
                         type=parse_bool, metavar="BOOL",
                         help="exit non-zero when anomalies are found (outputs are still written)")
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
     executor = ExecutorIO(args.executor_input)
     config = load_dataset_config(args.dataset_config)
     summary = validate(args.examples, args.output, config, args.schema, args.baseline_examples,
-                       args.baseline_store, args.beam_pipeline_args)
+                       args.baseline_store, args.beam_pipeline_args, args.in_memory_max_rows)
     report = os.path.join(args.output, REPORT_FILE)
     copy_to_output(report, args.report)
     executor.artifact("statistics", {

@@ -28,6 +28,10 @@ SCHEMA_FILE = "schema.pbtxt"
 ANOMALIES_FILE = "anomalies.pbtxt"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
+# Up to this many rows in all (train, eval and the baseline's train), statistics are computed
+# in this process with TFDV's in-memory path: a Beam pipeline's start-up took ~1 s, most of the
+# step's work for a few thousand rows. Memory then holds those rows (~50 MB at this size).
+IN_MEMORY_MAX_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -84,50 +88,84 @@ def beam_options(beam_pipeline_args: str | None = None):
     return options
 
 
-def compute_statistics(sources: dict[str, str], output_dir: str, config: DatasetConfig,
-                       schema=None, beam_pipeline_args: str | None = None) -> dict:
-    """Statistics of each source ({name: examples file pattern}) from the TFRecords (never
-    from CSV), written to `<output_dir>/<name>/FeatureStats.pb` in TFDV's binary format.
+def compute_statistics(sources: dict[str, tuple[str, int]], output_dir: str,
+                       config: DatasetConfig, schema=None, beam_pipeline_args: str | None = None,
+                       in_memory: bool = False) -> dict:
+    """Statistics of each source ({name: (examples file pattern, rows its metadata says)})
+    from the TFRecords (never from CSV), written to `<output_dir>/<name>/FeatureStats.pb` in
+    TFDV's binary format.
 
-    One Beam pipeline with a branch per source, not one pipeline each: a pipeline's start-up
-    (~0.5 s on the FnApiRunner) was most of the time of a small split. Computed by the Beam
-    runner `beam_pipeline_args` select (see `beam_options`)."""
-    import apache_beam as beam
+    `in_memory`: each source decoded into one Arrow batch and described in this process by
+    TFDV's in-memory path (the one `tfdv.generate_statistics_from_dataframe` takes; the same
+    decoder and statistics generators as the Beam pipeline), for small data only. Otherwise one
+    Beam pipeline with a branch per source, not one pipeline each, on the runner
+    `beam_pipeline_args` select (see `beam_options`)."""
     import tensorflow_data_validation as tfdv
-    from tfx_bsl.public import tfxio
 
     options = _stats_options(config, schema)
-    pipeline_options = beam_options(beam_pipeline_args)
     outputs = {name: os.path.join(output_dir, name, STATS_FILE) for name in sources}
     for path in outputs.values():
         os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        with beam.Pipeline(options=pipeline_options) as pipeline:
-            for name, pattern in sources.items():
-                source = tfxio.TFExampleRecord(file_pattern=pattern,
-                                               telemetry_descriptors=["cfpb", "validate"])
-                _ = (pipeline
-                     | f"Read {name}" >> source.BeamSource(options.desired_batch_size)
-                     | f"Statistics of {name}" >> tfdv.GenerateStatistics(options)
-                     # TFX's layout: a binary DatasetFeatureStatisticsList
-                     | f"Write {name}" >> tfdv.WriteStatisticsToBinaryFile(outputs[name]))
+        if in_memory:
+            for name, (pattern, _) in sources.items():
+                _statistics_in_memory(pattern, options, outputs[name])
+        else:
+            _statistics_on_beam({name: pattern for name, (pattern, _) in sources.items()},
+                                options, outputs, beam_options(beam_pipeline_args))
+        stats = {name: tfdv.load_stats_binary(path) for name, path in outputs.items()}
+        for name, (pattern, rows) in sources.items():
+            if stats[name].datasets[0].num_examples != rows:
+                raise StepError(f"{pattern}: {stats[name].datasets[0].num_examples} records, "
+                                f"its metadata.json says {rows}; run ingest again")
     except Exception as exc:
-        # Beam's message for a damaged file ends in a hex dump of the record; find the file
-        # and say what is wrong with it instead.
-        for pattern in sources.values():
+        # Beam's message for a damaged file ends in a hex dump of the record, TensorFlow's
+        # names no file; find the file and say what is wrong with it instead.
+        for pattern, _ in sources.values():
             for path in sorted(glob.glob(pattern)):
                 reason = damaged_tfrecord(path)
                 if reason:
                     raise StepError(f"{path}: {reason}; the examples are damaged (an "
                                     "interrupted copy?): run ingest again") from exc
         raise
-    return {name: tfdv.load_stats_binary(path) for name, path in outputs.items()}
+    return stats
 
 
-def split_sources(examples: str, prefix: str = "", splits=SPLITS) -> dict[str, str]:
-    """{prefix + split: file pattern} for the splits of `examples` that hold rows."""
+def _statistics_on_beam(sources: dict[str, str], options, outputs: dict[str, str],
+                        pipeline_options) -> None:
+    import apache_beam as beam
+    import tensorflow_data_validation as tfdv
+    from tfx_bsl.public import tfxio
+
+    with beam.Pipeline(options=pipeline_options) as pipeline:
+        for name, pattern in sources.items():
+            source = tfxio.TFExampleRecord(file_pattern=pattern,
+                                           telemetry_descriptors=["cfpb", "validate"])
+            _ = (pipeline
+                 | f"Read {name}" >> source.BeamSource(options.desired_batch_size)
+                 | f"Statistics of {name}" >> tfdv.GenerateStatistics(options)
+                 # TFX's layout: a binary DatasetFeatureStatisticsList
+                 | f"Write {name}" >> tfdv.WriteStatisticsToBinaryFile(outputs[name]))
+
+
+def _statistics_in_memory(pattern: str, options, output: str) -> None:
+    import tensorflow as tf
+    from tensorflow_data_validation.statistics import stats_impl
+    from tfx_bsl.coders import example_coder
+
+    files = sorted(glob.glob(pattern))
+    records = [record.numpy() for record in
+               tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
+    stats = stats_impl.generate_statistics_in_memory(batch, options)
+    with open(output, "wb") as handle:  # what WriteStatisticsToBinaryFile writes
+        handle.write(stats.SerializeToString())
+
+
+def split_sources(examples: str, prefix: str = "", splits=SPLITS) -> dict[str, tuple[str, int]]:
+    """{prefix + split: (file pattern, rows)} for the splits of `examples` that hold rows."""
     rows = read_metadata(examples)["rows"]
-    return {f"{prefix}{split}": split_pattern(examples, split)
+    return {f"{prefix}{split}": (split_pattern(examples, split), rows[split])
             for split in splits if rows.get(split)}
 
 
@@ -263,12 +301,14 @@ def _measurements(proto) -> dict[str, dict]:
 
 def validate(examples: str, output: str, config: DatasetConfig, schema_path: str | None = None,
              baseline_examples: str | None = None, baseline_store: str | None = None,
-             beam_pipeline_args: str | None = None) -> dict:
+             beam_pipeline_args: str | None = None,
+             in_memory_max_rows: int = IN_MEMORY_MAX_ROWS) -> dict:
     """Write statistics, schema, anomalies, summary and report to `output`, all or nothing.
 
     The baseline is `baseline_examples`, or else the data version stored in `baseline_store`
     just before this one (continuous training compares each new version with the last).
-    Statistics run on the Beam runner `beam_pipeline_args` select (`beam_options`).
+    Statistics run on the Beam runner `beam_pipeline_args` select (`beam_options`), or in this
+    process when they are not given and the rows to describe are at most `in_memory_max_rows`.
     """
     beam_options(beam_pipeline_args)  # a bad flag fails here, before any output or download
     with tempfile.TemporaryDirectory(prefix="baseline-") as download_dir, \
@@ -276,7 +316,7 @@ def validate(examples: str, output: str, config: DatasetConfig, schema_path: str
         if baseline_store and not baseline_examples:
             baseline_examples = previous_examples(examples, baseline_store, download_dir)
         summary = _validate_to(examples, staging, config, schema_path, baseline_examples,
-                               beam_pipeline_args)
+                               beam_pipeline_args, in_memory_max_rows)
     if baseline_store and not summary["anomalies_found"]:
         from components.common import data_store
 
@@ -301,7 +341,7 @@ def previous_examples(examples: str, store: str, download_dir: str) -> str | Non
 
 
 def _validate_to(examples, staging, config, schema_path, baseline_examples,
-                 beam_pipeline_args=None) -> dict:
+                 beam_pipeline_args=None, in_memory_max_rows=IN_MEMORY_MAX_ROWS) -> dict:
     import tensorflow_data_validation as tfdv
 
     started = time.monotonic()
@@ -321,14 +361,16 @@ def _validate_to(examples, staging, config, schema_path, baseline_examples,
     sources = split_sources(examples)
     if baseline_examples:  # only its train split is compared
         sources.update(split_sources(baseline_examples, "baseline/", ("train",)))
+    rows = {name: count for name, (_, count) in sources.items()}
+    in_memory = not beam_pipeline_args and sum(rows.values()) <= in_memory_max_rows
     started_statistics = time.monotonic()
-    stats = compute_statistics(sources, staging, config, given_schema, beam_pipeline_args)
+    stats = compute_statistics(sources, staging, config, given_schema, beam_pipeline_args,
+                               in_memory)
     seconds = time.monotonic() - started_statistics
-    rows = {name: (baseline_metadata if name.startswith("baseline/") else metadata)["rows"][
-        name.rsplit("/", 1)[-1]] for name in sources}
-    log.info("statistics of %s in %.1f s (%.0f rows/s)",
+    log.info("statistics of %s in %.1f s (%.0f rows/s, %s)",
              ", ".join(f"{name} {count} rows" for name, count in rows.items()), seconds,
-             sum(rows.values()) / max(seconds, 1e-9))
+             sum(rows.values()) / max(seconds, 1e-9),
+             f"in this process: at most {in_memory_max_rows} rows" if in_memory else "on Beam")
     baseline_stats = stats.pop("baseline/train", None)
 
     if given_schema is not None:
