@@ -35,6 +35,13 @@ RUN list="/tmp/prune/$EXTRA.txt"; [ -f "$list" ] || list=""; \
 
 FROM ${BASE_IMAGE}
 COPY --from=pruned /opt/venv /opt/venv
+# Matplotlib's font list built once here, not at every start of a step that plots (and every
+# TensorFlow step: Keras imports pyplot); writable for whatever uid the step runs as.
+ENV MPLCONFIGDIR=/opt/matplotlib
+USER root
+RUN if python -c "import matplotlib" 2>/dev/null; then \
+        python -c "import matplotlib.font_manager" && chmod -R a+rwX,+t "$MPLCONFIGDIR"; \
+    fi
 ARG CODE_VERSION=unknown
 ENV CODE_VERSION=${CODE_VERSION}
 # The code last, so a code-only change rebuilds nothing above this line (and steps with the
