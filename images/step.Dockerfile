@@ -38,7 +38,7 @@ COPY --from=pruned /opt/venv /opt/venv
 # Matplotlib's font list built once here, not at every start of a step that plots (and every
 # TensorFlow step: Keras imports pyplot); writable for whatever uid the step runs as.
 ENV MPLCONFIGDIR=/opt/matplotlib
-USER root
+USER 0
 RUN if python -c "import matplotlib" 2>/dev/null; then \
         python -c "import matplotlib.font_manager" && chmod -R a+rwX,+t "$MPLCONFIGDIR"; \
     fi
