@@ -7,9 +7,12 @@ each row count it generates complaints with datagen (once, reused while the name
 `<workdir>/complaints-<rows>-seed<seed>.csv`), runs `pipeline.py --run local` in a fresh work
 directory (so every run is a first run: no baseline data version, no registry version), and
 reads the run's summary.json, while `container_memory.ContainerMemory` samples each step
-container's cgroup. Prints Markdown tables of per-step seconds (with the growth factor between
-row counts) and per-step container memory, and
-writes `<workdir>/bench_local_pipeline.json`. Judges nothing.
+container's cgroup. Then, per step image, where the fixed cost goes (`fixed_costs`): starting
+a container (`docker run --rm <image> true`) and starting Python with the libraries the step
+loads before its work (STEP_LIBRARIES), each the median of three runs; the rest of a step's
+time is its own work, its exit and kfp.local's bookkeeping. Prints Markdown tables of per-step
+seconds (with the growth factor between row counts), the fixed costs and per-step container
+memory, and writes `<workdir>/bench_local_pipeline.json`. Judges nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +28,48 @@ from pathlib import Path
 
 from benchlib import OUT, PYTHON, REPO, build_facts, ensure_data, write_json
 from container_memory import ContainerMemory
+
+# What each step imports before it starts its work: its CLI module and the libraries its
+# core loads (lazily, inside functions) on a normal run.
+STEP_LIBRARIES = {
+    "ingest": ["components.ingest.ingest", "numpy", "pyarrow.compute",
+               "tfx_bsl.coders.example_coder"],
+    "validate": ["components.validate.validation", "tensorflow_data_validation",
+                 "apache_beam", "matplotlib.pyplot"],
+    "transform": ["components.transform.preprocessing", "tensorflow"],
+    "tune": ["components.tune.tune"],
+    "train": ["components.train.train", "tensorflow", "sklearn.isotonic",
+              "sklearn.linear_model"],
+    "evaluate": ["components.evaluate.evaluate", "tensorflow", "sklearn.metrics",
+                 "matplotlib.pyplot"],
+    "push": ["components.push.push"],
+    "deploy": ["components.deploy.deploy"],
+}
+
+
+def _median_seconds(command: list[str], runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
+
+
+def fixed_costs(image_tag: str, steps: list[str]) -> dict[str, dict[str, float]]:
+    """{step: {"container": s, "python_and_libraries": s}}: a container's start and end with
+    nothing to run, and Python's start with the step's libraries on top of it."""
+    costs = {}
+    for step in steps:
+        image = build_facts.image_name(step, build_facts.DEFAULT_REGISTRY, image_tag)
+        container = _median_seconds(["docker", "run", "--rm", image, "true"])
+        modules = STEP_LIBRARIES.get(step, [f"components.{step}"])
+        # ended as the steps end (components.common.cli.end_process): no interpreter teardown
+        with_python = _median_seconds(["docker", "run", "--rm", image, "python", "-c",
+                                       f"import {', '.join(modules)}; import os; os._exit(0)"])
+        costs[step] = {"container": round(container, 2),
+                       "python_and_libraries": round(with_python - container, 2)}
+    return costs
 
 
 def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) -> dict:
@@ -76,6 +122,20 @@ def main(argv=None) -> int:
         print(f"| {name} | {cells}{growth} |")
     print("AUC: " + ", ".join(f"{r['rows']:,} rows {r['auc']:.4f}" for r in results))
     print()
+    costs = fixed_costs(image_tag, steps)
+    first = results[0]
+    print(f"| step | {first['rows']:,} rows | container start | Python and the step's "
+          "libraries | the rest: work, exit, kfp.local |")
+    print("|---|---|---|---|---|")
+    for name in steps:
+        cost, total = costs[name], first["steps"][name]
+        rest = total - cost["container"] - cost["python_and_libraries"]
+        print(f"| {name} | {total:.1f} s | {cost['container']:.2f} s | "
+              f"{cost['python_and_libraries']:.2f} s | {rest:.2f} s |")
+    outside = first["wall_seconds"] - sum(first["steps"].values())
+    print(f"| outside the steps (pipeline.py: kfp import, compile, summary) | | | | "
+          f"{outside:.1f} s |")
+    print()
     print("| step | " + " | ".join(f"{r['rows']:,} rows: container anonymous / working set "
                                      "/ cgroup peak incl. page cache" for r in results) + " |")
     print("|---" * (len(results) + 1) + "|")
@@ -86,7 +146,9 @@ def main(argv=None) -> int:
             cells.append(f"{peak['rss_mib']:,.0f} / {peak['working_set_mib']:,.0f} / "
                          f"{peak['usage_mib']:,.0f} MiB" if peak else "not seen (too short)")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"wrote {write_json(workdir / 'bench_local_pipeline.json', results)}")
+    written = write_json(workdir / "bench_local_pipeline.json",
+                         {"runs": results, "fixed_costs": costs})
+    print(f"wrote {written}")
     return 0
 
 
