@@ -1,6 +1,7 @@
 """Wall time of the whole pipeline run locally in containers, per step, as rows grow.
 
-    .venv-sdk/bin/python bench/bench_local_pipeline.py [--rows 20000 200000] [--workdir bench/out]
+    .venv-sdk/bin/python bench/bench_local_pipeline.py [--rows 20000 200000] [--repeat N]
+        [--workdir bench/out]
 
 Needs the step images (`make build-images`; the tag defaults to build_facts.image_tag()). For
 each row count it generates complaints with datagen (once, reused while the name matches:
@@ -94,11 +95,31 @@ def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) 
             "auc": summary["metrics"].get("auc")}
 
 
+def run_repeated(rows: int, repeat: int, *args) -> dict:
+    """`repeat` runs; per step and for the whole run the median seconds (every wall time kept),
+    per step the largest memory seen."""
+    runs = [run_once(rows, *args) for _ in range(repeat)]
+    result = dict(runs[0])
+    result["wall_seconds"] = round(statistics.median(r["wall_seconds"] for r in runs), 1)
+    result["wall_seconds_each"] = [r["wall_seconds"] for r in runs]
+    result["steps"] = {step: round(statistics.median(r["steps"][step] for r in runs), 1)
+                       for step in runs[0]["steps"]}
+    result["container_memory_mib"] = {}
+    for r in runs:
+        for step, peak in r["container_memory_mib"].items():
+            seen = result["container_memory_mib"].setdefault(step, dict(peak))
+            for key, value in peak.items():
+                seen[key] = max(seen[key], value)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--hparams", default="{}")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per row count; tables show the median (default: 1)")
     parser.add_argument("--workdir", default=str(OUT))
     parser.add_argument("--image-tag", default=None,
                         help="tag of the step images (default: make build-images' default, "
@@ -107,7 +128,8 @@ def main(argv=None) -> int:
     image_tag = args.image_tag or build_facts.image_tag()  # fixed for the whole bench
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    results = [run_once(rows, workdir, args.seed, args.hparams, image_tag) for rows in args.rows]
+    results = [run_repeated(rows, args.repeat, workdir, args.seed, args.hparams, image_tag)
+               for rows in args.rows]
     steps = list(results[0]["steps"])
     header = "| step | " + " | ".join(f"{r['rows']:,} rows" for r in results)
     header += " | growth |" if len(results) > 1 else " |"
@@ -121,6 +143,10 @@ def main(argv=None) -> int:
                   (" | " if len(values) > 1 else ""))
         print(f"| {name} | {cells}{growth} |")
     print("AUC: " + ", ".join(f"{r['rows']:,} rows {r['auc']:.4f}" for r in results))
+    if args.repeat > 1:
+        print(f"median of {args.repeat} runs; whole run each time: " + "; ".join(
+            f"{r['rows']:,} rows " + ", ".join(f"{w:.1f}" for w in r["wall_seconds_each"]) + " s"
+            for r in results))
     print()
     costs = fixed_costs(image_tag, steps)
     first = results[0]
