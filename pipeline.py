@@ -23,6 +23,16 @@ from orchestration.definition import (
 )
 
 
+def memory_size(value: str) -> str:
+    """A Docker memory size: a whole number with an optional unit b, k, m or g (`1g`, `512m`)."""
+    import re
+
+    if not re.fullmatch(r"[1-9][0-9]*[bkmg]?", value.strip().lower()):
+        raise argparse.ArgumentTypeError(
+            f"not a memory size: {value!r} (a whole number with b, k, m or g, e.g. 1g)")
+    return value.strip().lower()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tune", action="store_true",
                         help="--run local: tune the hyperparameters first (the tune step's local "
                              "backend: optuna, trials as train processes in its container)")
+    parser.add_argument("--memory-limit", metavar="SIZE", type=memory_size,
+                        help="--run local: each step's container limited to SIZE of memory "
+                             "(e.g. 1g, 512m; no swap), as a pod's limit would: a step that "
+                             "needs more is killed and the run fails there")
     parser.add_argument("--workdir", default=str(build_facts.ROOT / "local_runs"),
                         help="--run local: pipeline root, data store and model registry")
     parser.add_argument("--image-registry", default=build_facts.DEFAULT_REGISTRY,
@@ -161,7 +175,7 @@ def main(argv=None) -> int:
 
         return run_local(args.source, args.workdir, args.fail_on_anomalies, args.hparams,
                          args.image_registry, args.image_tag or build_facts.image_tag(),
-                         tune=args.tune)
+                         tune=args.tune, memory_limit=args.memory_limit)
     return 0
 
 

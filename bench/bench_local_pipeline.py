@@ -1,7 +1,7 @@
 """Wall time of the whole pipeline run locally in containers, per step, as rows grow.
 
     .venv-sdk/bin/python bench/bench_local_pipeline.py [--rows 20000 200000] [--repeat N]
-        [--workdir bench/out]
+        [--memory-limit 1g] [--workdir bench/out]
 
 Needs the step images (`make build-images`; the tag defaults to build_facts.image_tag()). For
 each row count it generates complaints with datagen (once, reused while the name matches:
@@ -73,7 +73,8 @@ def fixed_costs(image_tag: str, steps: list[str]) -> dict[str, dict[str, float]]
     return costs
 
 
-def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) -> dict:
+def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str,
+             memory_limit: str | None = None) -> dict:
     data, _ = ensure_data(workdir, rows, seed)
     runs = workdir / f"local-{rows}"
     shutil.rmtree(runs, ignore_errors=True)
@@ -82,7 +83,8 @@ def run_once(rows: int, workdir: Path, seed: int, hparams: str, image_tag: str) 
     with ContainerMemory(prefix) as memory:
         result = subprocess.run([PYTHON, str(REPO / "pipeline.py"), "--run", "local",
                                  "--workdir", str(runs), "--source", data, "--hparams", hparams,
-                                 "--image-tag", image_tag],
+                                 "--image-tag", image_tag,
+                                 *(["--memory-limit", memory_limit] if memory_limit else [])],
                                 cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - started
     (workdir / f"local-{rows}.log").write_text(result.stdout + result.stderr)
@@ -118,6 +120,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--hparams", default="{}")
+    parser.add_argument("--memory-limit", metavar="SIZE",
+                        help="each step container's memory limit (pipeline.py --memory-limit)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per row count; tables show the median (default: 1)")
     parser.add_argument("--workdir", default=str(OUT))
@@ -128,8 +132,8 @@ def main(argv=None) -> int:
     image_tag = args.image_tag or build_facts.image_tag()  # fixed for the whole bench
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    results = [run_repeated(rows, args.repeat, workdir, args.seed, args.hparams, image_tag)
-               for rows in args.rows]
+    results = [run_repeated(rows, args.repeat, workdir, args.seed, args.hparams, image_tag,
+                            args.memory_limit) for rows in args.rows]
     steps = list(results[0]["steps"])
     header = "| step | " + " | ".join(f"{r['rows']:,} rows" for r in results)
     header += " | growth |" if len(results) > 1 else " |"

@@ -181,7 +181,9 @@ def print_summary(summary: dict) -> None:
 
 def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams: str,
               image_registry: str, image_tag: str, model_name: str = "cfpb-disputes",
-              tune: bool = False) -> int:
+              tune: bool = False, memory_limit: str | None = None) -> int:
+    """`memory_limit` (Docker's size, e.g. "1g"): each step's container gets it as its memory
+    limit, swap included (none), as a pod's limit: a step that needs more is killed."""
     import docker
     from kfp import local
 
@@ -203,8 +205,9 @@ def run_local(source: str | None, workdir: str, fail_on_anomalies: bool, hparams
             folder = str(Path(source).parent)
             mounts.append(docker.types.Mount(folder, folder, type="bind", read_only=True))
     environment = {key: os.environ[key] for key in S3_ENV if os.environ.get(key)}
+    limits = {"mem_limit": memory_limit, "memswap_limit": memory_limit} if memory_limit else {}
     local.init(runner=local.DockerRunner(mounts=mounts, environment=environment,
-                                         user=f"{os.getuid()}:{os.getgid()}"),
+                                         user=f"{os.getuid()}:{os.getgid()}", **limits),
                pipeline_root=str(root), raise_on_error=True)
     # Resources, display names, caching: cluster settings kfp.local ignores, with a warning each.
     warnings.filterwarnings("ignore", message=r"'\.\w+\(\)' is not used by the current local")

@@ -63,7 +63,8 @@ def generate(path, rows, seed, rate=0.25):
 
 def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     work = tmp_path / "runs"
-    first = run(work, generate(tmp_path / "first.csv", 6000, seed=31))
+    # every step within 1 GB, as the pods' limits will hold it
+    first = run(work, generate(tmp_path / "first.csv", 6000, seed=31), "--memory-limit", "1g")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     summary = json.loads((work / "latest" / "summary.json").read_text())
     assert [s["status"] for s in summary["steps"]] == ["success"] * len(summary["steps"])
@@ -118,3 +119,15 @@ def test_pipeline_runs_every_step_in_containers_and_remembers(ready, tmp_path):
     assert summary["failed_step"] == "validate" and "consumer_disputed" in summary["reason"]
     assert second.stderr.strip().splitlines()[-1].startswith("error: local run: step validate")
     assert json.loads((work / "registry" / "cfpb-disputes" / "index.json").read_text()) == index
+
+
+def test_a_step_over_the_memory_limit_fails_the_run_there(ready, tmp_path):
+    """--memory-limit is each container's hard limit (no swap): validate (TFDV and
+    TensorFlow: about 300 MB) cannot start in 150 MB, ingest can; the run stops at validate."""
+    work = tmp_path / "runs"
+    result = run(work, generate(tmp_path / "data.csv", 2000, seed=5), "--memory-limit", "150m")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((work / "latest" / "summary.json").read_text())
+    status = {s["name"]: s["status"] for s in summary["steps"]}
+    assert status["ingest"] == "success" and summary["failed_step"] == "validate"
+    assert status["train"] == "not run"
