@@ -104,6 +104,23 @@ def test_hash_mode_with_a_key_keeps_keyed_hashes_only(tmp_path, caplog):
     assert keyed_hash(b"another key", "90210") != expected
 
 
+@pytest.mark.parametrize("environment", [{KEY_ENV: KEY}, {}], ids=["hash", "no key"])
+def test_a_lone_surrogate_loses_no_record(tmp_path, environment):
+    """JSON lets a request send "\\ud800" (not encodable as UTF-8): the record is written
+    escaped, its personal field hashed or dropped, and the records batched with it are kept."""
+    odd = dict(ROWS[0], issue="Other \ud800", narrative="Jane Roe \udfff")
+    log = PredictionLog(str(tmp_path), NAME, flush_seconds=60,
+                        redaction=Redaction.from_config(CONFIG, environment))
+    log.record("r1", 3, [odd, dict(ROWS[1])], [0.2, 0.7])
+    log.close()
+    assert log.written == 2
+    records = [json.loads(line) for line in log_text(tmp_path).splitlines()]
+    assert [r["inputs"]["issue"] for r in records] == ["Other \ud800", "Other"]
+    assert "narrative" not in records[0]["inputs"]
+    if environment:
+        assert records[0]["hashed"]["narrative"] == keyed_hash(KEY.encode(), "Jane Roe \udfff")
+
+
 def test_hash_mode_without_a_key_drops_and_says_so(tmp_path, caplog):
     redaction = Redaction.from_config(CONFIG, {})
     assert (redaction.mode, redaction.requested) == ("drop", "hash")

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 MIN_KEY_BYTES = 16
 
 
+def json_line(entry: dict) -> str:
+    """One JSON Lines record, UTF-8 text as it came. A string with a lone surrogate (JSON
+    allows `"\\ud800"` in a request) cannot be written as UTF-8: that record is written with
+    every non-ASCII character escaped instead, so it and the records batched with it are
+    kept."""
+    line = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+    return line
+
+
 @dataclass(frozen=True)
 class Redaction:
     """Which fields of a logged example are personal and what the log keeps of them.
@@ -127,7 +140,7 @@ class PredictionLog:
                 entry["redacted"] = redacted
             if routing:
                 entry["key"] = routing
-            lines.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+            lines.append(json_line(entry))
         with self._lock:
             self._pending.extend(lines)
             full = len(self._pending) >= self.flush_records

@@ -52,7 +52,8 @@ def keyed_hash(key: bytes, value) -> str:
     text (a string as it is, anything else as compact JSON)."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True,
                                                           separators=(",", ":"))
-    digest = hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    # surrogatepass: a lone surrogate (valid in JSON input) hashes too; other text as UTF-8
+    digest = hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
     return HASH_PREFIX + digest
 
 
