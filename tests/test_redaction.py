@@ -119,6 +119,11 @@ def test_a_lone_surrogate_loses_no_record(tmp_path, environment):
     assert "narrative" not in records[0]["inputs"]
     if environment:
         assert records[0]["hashed"]["narrative"] == keyed_hash(KEY.encode(), "Jane Roe \udfff")
+    # what feedback and the log's other readers get: text UTF-8 can hold
+    read = list(LogReader(predictions_uri(str(tmp_path), NAME)).records())
+    assert [r.inputs["issue"] for r in read] == ["Other \ufffd", "Other"]
+    for record in read:
+        json.dumps(record.inputs, ensure_ascii=False).encode("utf-8")
 
 
 def test_hash_mode_without_a_key_drops_and_says_so(tmp_path, caplog):

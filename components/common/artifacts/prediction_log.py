@@ -81,6 +81,18 @@ def parse_time(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _utf8_text(value):
+    """A string as UTF-8 can hold it: a lone surrogate (JSON's `"\\ud800"`, which a client
+    may send and the server logs escaped) becomes U+FFFD, so no reader of the log fails on
+    it. Anything else as it is."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value
+
+
 def parse_line(line: str | bytes) -> Prediction:
     """One log line as a Prediction; ValueError (with the reason) when it is not one."""
     try:
@@ -106,7 +118,9 @@ def parse_line(line: str | bytes) -> Prediction:
             raise ValueError("hashed is not an object or redacted not a list")
         return Prediction(
             request_id=str(entry["request_id"]), time=parse_time(entry["time"]),
-            model_version=int(version), inputs=inputs, probability=probability,
+            model_version=int(version),
+            inputs={name: _utf8_text(value) for name, value in inputs.items()},
+            probability=probability,
             key=str(key) if key not in (None, "") else None,
             decision=None if decision is None else int(bool(decision)),
             hashed=hashed, redacted=tuple(str(name) for name in redacted),
