@@ -134,26 +134,24 @@ def optional_float(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
 
 
-def positive_int(value: str) -> int:
-    """A whole number of at least 1 (counts, sizes)."""
+def _whole_number(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """A whole number of at least 1 (counts, sizes)."""
+    return _whole_number(value, 1)
 
 
 def non_negative_int(value: str) -> int:
     """A whole number of at least 0 (limits where 0 turns a behaviour off)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
-    return number
+    return _whole_number(value, 0)
 
 
 def optional_int(value: str) -> int | None:
